@@ -1,0 +1,85 @@
+"""Shared pieces of the scripts that train the embedded models: data, device, resumable checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+
+class DomainBatches(IterableDataset):
+    """Endless batches of (images uint8 (n, H, W, 3), captions) from the procedural domain.
+
+    Batch i of worker w is ``sample_batch(seed=base_seed + 1_000_003 * w + i)``; with a resumed
+    ``start_index`` the stream continues where it stopped (per worker).
+    """
+
+    def __init__(self, batch_size: int, base_seed: int, start_index: int = 0, size: int = 64) -> None:
+        self.batch_size, self.base_seed, self.start_index, self.size = batch_size, base_seed, start_index, size
+
+    def __iter__(self):
+        from generator.domain import sample_batch
+
+        info = get_worker_info()
+        wid = 0 if info is None else info.id
+        i = self.start_index
+        while True:
+            imgs, caps = sample_batch(self.base_seed + 1_000_003 * wid + i, self.batch_size, self.size)
+            yield torch.from_numpy(np.ascontiguousarray(imgs)), list(caps)
+            i += 1
+
+
+def domain_loader(batch_size: int, base_seed: int, workers: int, start_index: int = 0) -> DataLoader:
+    return DataLoader(DomainBatches(batch_size, base_seed, start_index), batch_size=None, num_workers=workers,
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+
+
+def to_float_images(imgs_BHW3: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1] on ``device``."""
+    return imgs_BHW3.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """torch.save to a temp file then rename: a crash never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise SystemExit(f"--resume: no checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0, 1]."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1.0 / mse)

@@ -1,0 +1,103 @@
+"""Train the text-conditional next-scale transformer on the procedural domain (teacher forcing).
+
+Needs weights/tokenizer.safetensors (scripts/train_tokenizer.py). Captions are replaced by the
+empty prompt with probability --cfg-dropout so the model also learns the unconditional branch
+used by classifier-free guidance.
+
+    python scripts/train_generator.py             # GPU if available
+    python scripts/train_generator.py --resume    # continue from checkpoints/generator/last.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from generator.config import TransformerConfig  # noqa: E402
+from generator.embedded import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_tokenizer  # noqa: E402
+from generator.text import tokenize  # noqa: E402
+from generator.training import (cosine_lr, domain_loader, load_checkpoint, pick_device, save_checkpoint,  # noqa: E402
+                                to_float_images)
+from generator.transformer import NextScaleTransformer  # noqa: E402
+from generator.weights_io import save_module  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--cfg-dropout", type=float, default=0.1)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokenizer", type=Path, default=TOKENIZER_WEIGHTS)
+    ap.add_argument("--out", type=Path, default=GENERATOR_WEIGHTS)
+    ap.add_argument("--ckpt-dir", type=Path, default=Path("checkpoints/generator"))
+    ap.add_argument("--ckpt-every", type=int, default=500)
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    device = pick_device(args.device)
+    tok = load_tokenizer(args.tokenizer).to(device).eval()
+    for p in tok.parameters():
+        p.requires_grad_(False)
+    cfg = TransformerConfig(codebook_size=tok.cfg.codebook_size, latent_channels=tok.cfg.latent_channels,
+                            scales=tok.cfg.scales)
+    model = NextScaleTransformer(cfg).to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    start = 0
+    if args.resume:
+        ck = load_checkpoint(args.ckpt_dir / "last.pt")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start = int(ck["step"])
+    gen = torch.Generator().manual_seed(args.seed + start)
+    loader = iter(domain_loader(args.batch_size, 20_000 + args.seed, args.workers, start_index=start))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    t0 = time.time()
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="generator", mininterval=5)
+    for step in bar:
+        imgs, caps = next(loader)
+        drop = torch.rand(len(caps), generator=gen) < args.cfg_dropout
+        caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
+        ids, mask = tokenize(caps, cfg.text_context)
+        x = to_float_images(imgs, device)
+        with torch.no_grad():
+            idx_list = tok.encode_indices(x)
+            inputs = tok.teacher_forcing_inputs(idx_list)
+        target = torch.cat([i.flatten(1) for i in idx_list], dim=1)
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr, 300)
+        with amp:
+            logits = model(ids.to(device), mask.to(device), inputs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0:
+            with torch.no_grad():
+                last = cfg.scales[-1] ** 2
+                acc_last = (logits[:, -last:].argmax(-1) == target[:, -last:]).float().mean()
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc_last=f"{acc_last.item():.3f}")
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            save_checkpoint(args.ckpt_dir / "last.pt", {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+    save_module(model, args.out, {"transformer": cfg.to_dict(), "steps": args.steps, "final_loss": float(loss)})
+    print(f"final loss {float(loss):.3f}; wrote {args.out} ({time.time() - t0:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
