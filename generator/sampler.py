@@ -141,6 +141,15 @@ class NextScaleGenerator:
     def image_size(self) -> int:
         return self.tokenizer.cfg.image_size
 
+    @property
+    def max_entropy(self) -> float:
+        """Entropy (nats) of a uniform token distribution: normalises ``last_entropy_B``."""
+        return math.log(self.tokenizer.cfg.codebook_size)
+
+    def accumulated_codes(self, state: GenerationState) -> torch.Tensor:
+        """The latent code map accumulated so far, (B, C, h, w) (backend-neutral observation input)."""
+        return state.f_hat_BChw
+
     def fingerprint(self) -> str:
         """Identifies what images this generator makes (for reference caches and run configs)."""
         return f"tiny:{self.transformer.cfg.to_dict()}:{self.guidance!r}:{self.sampling!r}"

@@ -44,6 +44,12 @@ def to_float_images(imgs_BHW3: torch.Tensor, device: torch.device) -> torch.Tens
     return imgs_BHW3.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def elapsed_fraction(t0: float, budget_s: float | None) -> float:
+    import time
+
+    return 0.0 if not budget_s else (time.time() - t0) / budget_s
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,10 +58,12 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+def cosine_lr(step: int, total: int, base: float, warmup: int, time_fraction: float = 0.0) -> float:
+    """Warm-up then cosine decay to 10%; progress is the larger of the step and time fractions, so
+    a run stopped by its time budget still ends with a decayed learning rate."""
     if step < warmup:
         return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
+    t = max((step - warmup) / max(1, total - warmup), time_fraction)
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from generator.config import TransformerConfig  # noqa: E402
 from generator.embedded import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_tokenizer  # noqa: E402
 from generator.text import tokenize  # noqa: E402
-from generator.training import (cosine_lr, domain_loader, load_checkpoint, pick_device, save_checkpoint,  # noqa: E402
+from generator.training import (cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device, save_checkpoint,  # noqa: E402
                                 to_float_images)
 from generator.transformer import NextScaleTransformer  # noqa: E402
 from generator.weights_io import save_module  # noqa: E402
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-dir", type=Path, default=Path("checkpoints/generator"))
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--time-budget-s", type=float, default=None,
+                    help="stop (and save) after this many seconds; the LR schedule decays by then")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             inputs = tok.teacher_forcing_inputs(idx_list)
         target = torch.cat([i.flatten(1) for i in idx_list], dim=1)
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.steps, args.lr, 300)
+            g["lr"] = cosine_lr(step, args.steps, args.lr, 300, elapsed_fraction(t0, args.time_budget_s))
         with amp:
             logits = model(ids.to(device), mask.to(device), inputs)
         loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
@@ -93,10 +95,14 @@ def main(argv: list[str] | None = None) -> None:
                 last = cfg.scales[-1] ** 2
                 acc_last = (logits[:, -last:].argmax(-1) == target[:, -last:]).float().mean()
             bar.set_postfix(loss=f"{loss.item():.3f}", acc_last=f"{acc_last.item():.3f}")
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+        out_of_time = elapsed_fraction(t0, args.time_budget_s) >= 1.0
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time:
             save_checkpoint(args.ckpt_dir / "last.pt", {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})
-    save_module(model, args.out, {"transformer": cfg.to_dict(), "steps": args.steps, "final_loss": float(loss)})
-    print(f"final loss {float(loss):.3f}; wrote {args.out} ({time.time() - t0:.0f}s)")
+        if out_of_time:
+            print(f"time budget reached at step {step + 1}")
+            break
+    save_module(model, args.out, {"transformer": cfg.to_dict(), "steps": step + 1, "final_loss": loss.item()})
+    print(f"final loss {loss.item():.3f}; wrote {args.out} ({time.time() - t0:.0f}s)")
 
 
 if __name__ == "__main__":

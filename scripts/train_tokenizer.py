@@ -23,7 +23,7 @@ from generator.config import TokenizerConfig  # noqa: E402
 from generator.domain import sample_batch  # noqa: E402
 from generator.embedded import TOKENIZER_WEIGHTS  # noqa: E402
 from generator.tokenizer import MultiScaleVQTokenizer  # noqa: E402
-from generator.training import (cosine_lr, domain_loader, load_checkpoint, pick_device, psnr_db,  # noqa: E402
+from generator.training import (cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device, psnr_db,  # noqa: E402
                                 save_checkpoint, to_float_images)
 from generator.weights_io import save_module  # noqa: E402
 
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--restart-every", type=int, default=200)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--time-budget-s", type=float, default=None,
+                    help="stop (and save) after this many seconds; the LR schedule decays by then")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         imgs, _ = next(loader)
         x = to_float_images(imgs, device)
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.steps, args.lr, 200)
+            g["lr"] = cosine_lr(step, args.steps, args.lr, 200, elapsed_fraction(t0, args.time_budget_s))
         with amp:
             f = tok.encode_latent(x)
         f = f.float()
@@ -113,10 +115,14 @@ def main(argv: list[str] | None = None) -> None:
         if step % 50 == 0:
             psnr = float(psnr_db((rec.detach() * 0.5 + 0.5).clamp(0, 1), x).mean())
             bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}")
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+        out_of_time = elapsed_fraction(t0, args.time_budget_s) >= 1.0
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time:
             save_checkpoint(args.ckpt_dir / "last.pt", {"model": tok.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+        if out_of_time:
+            print(f"time budget reached at step {step + 1}")
+            break
     psnr = evaluate(tok, device)
-    save_module(tok, args.out, {"tokenizer": cfg.to_dict(), "psnr_db": psnr, "steps": args.steps})
+    save_module(tok, args.out, {"tokenizer": cfg.to_dict(), "psnr_db": psnr, "steps": step + 1})
     print(f"held-out PSNR {psnr:.2f} dB; wrote {args.out} ({time.time() - t0:.0f}s)")
 
 
