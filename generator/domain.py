@@ -231,8 +231,23 @@ def render(scene: Scene, seed: int, size: int = 64) -> np.ndarray:
             fx, fy = POSITIONS[o.position]
             covered |= _shape_mask(o.shape, x - fx * n, y - fy * n, SIZES[o.size] * scale * s + 3 * s)
         bgmask = ~covered.reshape(size, s, size, s).any(axis=(1, 3))
-        out = out + bgmask[..., None] * rng.normal(0, 38, out.shape[:2])[..., None]
+        # 4 px blotches, bilinearly smoothed: busy, high-frequency texture at the token scale that a
+        # tokenizer can still represent (i.i.d. per-pixel noise would only be averaged away)
+        coarse = rng.normal(0, 30, (size // 4 + 1, size // 4 + 1, 3)).astype(np.float32)
+        noise = _bilinear_up(coarse, size)
+        out = out + bgmask[..., None] * noise
     return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def _bilinear_up(coarse: np.ndarray, size: int) -> np.ndarray:
+    """(h, w, 3) -> (size, size, 3), bilinear, cell centres every size / (h - 1) pixels."""
+    h = coarse.shape[0]
+    t = np.linspace(0, h - 1, size, dtype=np.float32)
+    i0 = np.minimum(t.astype(np.int32), h - 2)
+    f = (t - i0)[:, None, None]
+    rows = coarse[i0] * (1 - f) + coarse[i0 + 1] * f
+    fc = (t - i0)[None, :, None]
+    return rows[:, i0] * (1 - fc) + rows[:, i0 + 1] * fc
 
 
 def sample_batch(seed: int, n: int, size: int = 64) -> tuple[np.ndarray, list[str]]:

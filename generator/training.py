@@ -91,3 +91,35 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB for images in [0, 1]."""
     mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
     return 10 * torch.log10(1.0 / mse)
+
+
+def render_pool(n: int, seed: int, workers: int, chunk: int = 500) -> tuple[np.ndarray, list[str]]:
+    """Pre-render n domain samples with a process pool (training then samples from memory)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from generator.domain import sample_batch
+
+    seeds = [seed * 1_000_003 + i for i in range((n + chunk - 1) // chunk)]
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        parts = list(ex.map(sample_batch, seeds, [chunk] * len(seeds)))
+    imgs = np.concatenate([p[0] for p in parts])[:n]
+    caps = [c for p in parts for c in p[1]][:n]
+    return imgs, caps
+
+
+class ImagePool:
+    """A pre-rendered pool (``scripts/render_pool.py``) held on the training device; random batches."""
+
+    def __init__(self, path: str | Path, device: torch.device, seed: int) -> None:
+        data = np.load(path, allow_pickle=False)
+        self.images = torch.from_numpy(data["images"]).to(device)
+        self.captions = [str(c) for c in data["captions"]]
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images (n, H, W, 3) on the device, pool indices (n,) on the CPU)."""
+        idx = torch.randint(len(self.captions), (n,), generator=self.gen)
+        return self.images[idx.to(self.images.device)], idx

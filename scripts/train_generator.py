@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from generator.config import TransformerConfig  # noqa: E402
 from generator.embedded import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_tokenizer  # noqa: E402
 from generator.text import tokenize  # noqa: E402
-from generator.training import (cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device, save_checkpoint,  # noqa: E402
+from generator.training import (ImagePool, cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device, save_checkpoint,  # noqa: E402
                                 to_float_images)
 from generator.transformer import NextScaleTransformer  # noqa: E402
-from generator.weights_io import save_module  # noqa: E402
+from generator.weights_io import load_module, save_module  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-dir", type=Path, default=Path("checkpoints/generator"))
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--pool", type=Path, default=None, help="sample batches from a pre-rendered pool (scripts/render_pool.py)")
+    ap.add_argument("--init", type=Path, default=None, help="start from these safetensors weights (fine-tuning)")
     ap.add_argument("--time-budget-s", type=float, default=None,
                     help="stop (and save) after this many seconds; the LR schedule decays by then")
     args = ap.parse_args(argv)
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
+    if args.init is not None:
+        load_module(model, args.init)
     start = 0
     if args.resume:
         ck = load_checkpoint(args.ckpt_dir / "last.pt")
@@ -67,15 +71,25 @@ def main(argv: list[str] | None = None) -> None:
         opt.load_state_dict(ck["opt"])
         start = int(ck["step"])
     gen = torch.Generator().manual_seed(args.seed + start)
-    loader = iter(domain_loader(args.batch_size, 20_000 + args.seed, args.workers, start_index=start))
+    pool = ImagePool(args.pool, device, args.seed + start) if args.pool else None
+    loader = None if pool else iter(domain_loader(args.batch_size, 20_000 + args.seed, args.workers, start_index=start))
+    if pool:  # tokenise every caption once
+        pool_ids, pool_mask = (t.to(device) for t in tokenize(pool.captions, cfg.text_context))
+    empty_ids, empty_mask = (t.to(device) for t in tokenize([""], cfg.text_context))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     t0 = time.time()
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="generator", mininterval=5)
     for step in bar:
-        imgs, caps = next(loader)
-        drop = torch.rand(len(caps), generator=gen) < args.cfg_dropout
-        caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
-        ids, mask = tokenize(caps, cfg.text_context)
+        if pool:
+            imgs, idx = pool.batch(args.batch_size)
+            ids, mask = pool_ids[idx.to(device)], pool_mask[idx.to(device)]
+        else:
+            imgs, caps = next(loader)
+            ids, mask = (t.to(device) for t in tokenize(caps, cfg.text_context))
+        # classifier-free guidance: some rows see the empty prompt
+        drop = (torch.rand(len(ids), generator=gen) < args.cfg_dropout).to(device)[:, None]
+        ids = torch.where(drop, empty_ids, ids)
+        mask = torch.where(drop, empty_mask, mask)
         x = to_float_images(imgs, device)
         with torch.no_grad():
             idx_list = tok.encode_indices(x)
@@ -84,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr, 300, elapsed_fraction(t0, args.time_budget_s))
         with amp:
-            logits = model(ids.to(device), mask.to(device), inputs)
+            logits = model(ids, mask, inputs)
         loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -23,9 +23,9 @@ from generator.config import TokenizerConfig  # noqa: E402
 from generator.domain import sample_batch  # noqa: E402
 from generator.embedded import TOKENIZER_WEIGHTS  # noqa: E402
 from generator.tokenizer import MultiScaleVQTokenizer  # noqa: E402
-from generator.training import (cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device, psnr_db,  # noqa: E402
+from generator.training import (ImagePool, cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device, psnr_db,  # noqa: E402
                                 save_checkpoint, to_float_images)
-from generator.weights_io import save_module  # noqa: E402
+from generator.weights_io import load_module, save_module  # noqa: E402
 
 
 @torch.no_grad()
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--restart-every", type=int, default=200)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--pool", type=Path, default=None, help="sample batches from a pre-rendered pool (scripts/render_pool.py)")
+    ap.add_argument("--init", type=Path, default=None, help="start from these safetensors weights (fine-tuning)")
     ap.add_argument("--time-budget-s", type=float, default=None,
                     help="stop (and save) after this many seconds; the LR schedule decays by then")
     args = ap.parse_args(argv)
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TokenizerConfig()
     tok = MultiScaleVQTokenizer(cfg).to(device).train()
     opt = torch.optim.AdamW(tok.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    if args.init is not None:
+        load_module(tok, args.init)
     start = 0
     if args.resume:
         ck = load_checkpoint(args.ckpt_dir / "last.pt")
@@ -85,12 +89,13 @@ def main(argv: list[str] | None = None) -> None:
         opt.load_state_dict(ck["opt"])
         start = int(ck["step"])
     usage = torch.zeros(cfg.codebook_size, device=device)
-    loader = iter(domain_loader(args.batch_size, 10_000 + args.seed, args.workers, start_index=start))
+    pool = ImagePool(args.pool, device, args.seed + start) if args.pool else None
+    loader = None if pool else iter(domain_loader(args.batch_size, 10_000 + args.seed, args.workers, start_index=start))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     t0 = time.time()
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="tokenizer", mininterval=5)
     for step in bar:
-        imgs, _ = next(loader)
+        imgs = pool.batch(args.batch_size)[0] if pool else next(loader)[0]
         x = to_float_images(imgs, device)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr, 200, elapsed_fraction(t0, args.time_budget_s))
