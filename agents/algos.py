@@ -1,0 +1,62 @@
+"""Stable-Baselines3 algorithms and their per-algorithm hyperparameter files (rl-zoo style)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
+ALGOS = ("ppo", "a2c", "sac", "td3", "ddpg", "dqn")
+# keys of the YAML files that are ours, not SB3 constructor arguments
+META_KEYS = ("total_timesteps", "normalize_observations", "action_mode", "action_noise_std", "policy")
+
+
+def algo_class(name: str):
+    import stable_baselines3 as sb3
+
+    if name not in ALGOS:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGOS)}")
+    return {"ppo": sb3.PPO, "a2c": sb3.A2C, "sac": sb3.SAC, "td3": sb3.TD3, "ddpg": sb3.DDPG, "dqn": sb3.DQN}[name]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with a YAML value (``learning_rate=1e-4``, ``policy_kwargs={net_arch: [32]}``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"hyperparameter override {text!r} must look like key=value")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ValueError(f"cannot parse value of override {text!r}: {e}") from None
+
+
+def load_hyperparams(algo: str, overrides: list[str] | None = None) -> dict:
+    path = HYPERPARAMS_DIR / f"{algo}.yml"
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
+    hp = yaml.safe_load(path.read_text())
+    for text in overrides or []:
+        k, v = parse_override(text)
+        hp[k] = v
+    if algo == "dqn" and hp.get("action_mode") != "discrete":
+        raise ValueError("dqn needs action_mode: discrete (an index into the env's ratio grid)")
+    if algo != "dqn" and hp.get("action_mode") == "discrete" and algo in ("sac", "td3", "ddpg"):
+        raise ValueError(f"{algo} needs action_mode: continuous")
+    return hp
+
+
+def build_model(algo: str, hp: dict, env, seed: int, tensorboard_log: str | None, device: str = "cpu"):
+    cls = algo_class(algo)
+    kwargs = {k: copy.deepcopy(v) for k, v in hp.items() if k not in META_KEYS}
+    noise_std = hp.get("action_noise_std")
+    if noise_std and algo in ("td3", "ddpg"):
+        from stable_baselines3.common.noise import NormalActionNoise
+
+        dim = env.action_space.shape[0]
+        kwargs["action_noise"] = NormalActionNoise(np.zeros(dim), noise_std * np.ones(dim))
+    return cls(hp.get("policy", "MlpPolicy"), env, seed=seed, tensorboard_log=tensorboard_log, device=device,
+               verbose=0, **kwargs)

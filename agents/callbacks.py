@@ -1,0 +1,115 @@
+"""SB3 callbacks: validation evaluation with pruning metrics, resumable checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+
+from agents.normalization import save_obs_stats
+
+EVAL_COLUMNS = ("timesteps", "mean_reward", "std_reward", "flops_fraction", "clip_delta", "ssim", "lpips", "episodes")
+
+
+class PruningEvalCallback(EvalCallback):
+    """EvalCallback on validation prompts that also records FLOPs and quality terms.
+
+    Appends one row per evaluation to ``eval_curve.csv`` (columns ``EVAL_COLUMNS``) and saves the
+    observation statistics next to ``best_model.zip`` whenever a new best model is saved.
+    """
+
+    def __init__(self, eval_env, run_dir: Path, **kwargs) -> None:
+        super().__init__(eval_env, best_model_save_path=str(run_dir), log_path=None, **kwargs)
+        self.run_dir = Path(run_dir)
+        self._terminal_infos: list[dict] = []
+        self.curve_path = self.run_dir / "eval_curve.csv"
+
+    def _log_success_callback(self, locals_: dict, globals_: dict) -> None:
+        super()._log_success_callback(locals_, globals_)
+        if locals_["done"]:
+            self._terminal_infos.append(locals_["info"])
+
+    def _on_step(self) -> bool:
+        if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):
+            return True
+        self._terminal_infos = []
+        best_before = self.best_mean_reward
+        cont = super()._on_step()
+        infos = self._terminal_infos
+
+        def mean(key):
+            vals = [i[key] for i in infos if key in i]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        row = {"timesteps": self.num_timesteps, "mean_reward": float(self.last_mean_reward),
+               "std_reward": float(np.std(self.evaluations_results[-1])) if self.evaluations_results else float("nan"),
+               "flops_fraction": mean("flops_fraction"), "clip_delta": mean("clip_delta"), "ssim": mean("ssim"),
+               "lpips": mean("lpips"), "episodes": len(infos)}
+        new = not self.curve_path.exists()
+        with open(self.curve_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=EVAL_COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        for k in ("flops_fraction", "clip_delta", "ssim"):
+            self.logger.record(f"eval/{k}", row[k])
+        if self.best_mean_reward > best_before:
+            vecnorm = self.model.get_vec_normalize_env()
+            if vecnorm is not None:
+                save_obs_stats(vecnorm, self.run_dir / "best_obs_stats.json")
+            self.best_row = row
+        return cont
+
+
+class ResumableCheckpoint(BaseCallback):
+    """Every ``save_freq`` steps: model zip, observation stats (JSON) and, for off-policy
+    algorithms, the replay buffer, written to temp names and renamed (a kill never leaves a
+    half-written checkpoint). ``keep`` newest checkpoints are kept."""
+
+    def __init__(self, save_freq: int, ckpt_dir: Path, keep: int = 2) -> None:
+        super().__init__()
+        self.save_freq, self.ckpt_dir, self.keep = save_freq, Path(ckpt_dir), keep
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.save_freq == 0:
+            save_checkpoint(self.model, self.ckpt_dir)
+            prune_checkpoints(self.ckpt_dir, self.keep)
+        return True
+
+
+def save_checkpoint(model, ckpt_dir: Path) -> Path:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    steps = model.num_timesteps
+    final = ckpt_dir / f"model_{steps}_steps.zip"
+    tmp = ckpt_dir / f".model_{steps}_steps.tmp.zip"
+    model.save(str(tmp))
+    vecnorm = model.get_vec_normalize_env()
+    if vecnorm is not None:
+        save_obs_stats(vecnorm, ckpt_dir / f"obs_stats_{steps}_steps.json")
+    if hasattr(model, "replay_buffer") and model.replay_buffer is not None:
+        rb_tmp = ckpt_dir / f".replay_{steps}.tmp.pkl"
+        model.save_replay_buffer(str(rb_tmp))
+        os.replace(rb_tmp, ckpt_dir / f"replay_{steps}_steps.pkl")
+    os.replace(tmp, final)  # the model zip last: its presence marks a complete checkpoint
+    return final
+
+
+def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
+    found = []
+    for p in Path(ckpt_dir).glob("model_*_steps.zip"):
+        m = re.fullmatch(r"model_(\d+)_steps\.zip", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return max(found) if found else None
+
+
+def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
+    steps = sorted(int(re.fullmatch(r"model_(\d+)_steps\.zip", p.name).group(1))
+                   for p in ckpt_dir.glob("model_*_steps.zip"))
+    for s in steps[:-keep]:
+        for name in (f"model_{s}_steps.zip", f"obs_stats_{s}_steps.json", f"replay_{s}_steps.pkl"):
+            (ckpt_dir / name).unlink(missing_ok=True)

@@ -1,0 +1,140 @@
+"""A trained run as a pruning schedule: same protocol as the fixed schedules.
+
+    schedule = load_agent_schedule("runs/ppo_seed0", generator)
+    images, state = generator.generate(prompts, seeds, schedule=schedule)
+
+``AgentSchedule.get_pruning_ratio(scale, num_scales)`` is the user's hook signature (>= 1.0 skips),
+for code that calls exactly that; bind the current generation state first with ``bind(state)``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+from agents.algos import algo_class
+from agents.normalization import ObsNormalizer
+
+
+class RunError(RuntimeError):
+    """A run directory is missing, incomplete, corrupt or does not fit the generator."""
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunError(f"run directory {run} does not exist (train one with `python train.py --out {run.parent}`)")
+    path = run / "config.json"
+    if not path.is_file():
+        raise RunError(f"{path} is missing: {run} is not a train.py run directory")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON ({e})") from None
+    for key in ("algo", "env", "observation_layout"):
+        if key not in cfg:
+            raise RunError(f"{path} has no {key!r} entry: not a train.py run config")
+    return cfg
+
+
+def check_layout(layout: dict, generator, observer_dim: int | None = None) -> None:
+    """Raise if the generator is not the kind of generator the run was trained on."""
+    problems = []
+    if layout["num_scales"] != generator.num_scales:
+        problems.append(f"num_scales {layout['num_scales']} (run) vs {generator.num_scales} (generator)")
+    if list(layout["scale_widths"]) != list(generator.scale_widths):
+        problems.append(f"scale widths {layout['scale_widths']} (run) vs {list(generator.scale_widths)} (generator)")
+    if layout.get("backend") != getattr(generator, "backend", None):
+        problems.append(f"backend {layout.get('backend')!r} (run) vs {getattr(generator, 'backend', None)!r} (generator)")
+    if observer_dim is not None and observer_dim != layout["observation_dim"]:
+        problems.append(f"observation size {layout['observation_dim']} (run) vs {observer_dim} (built here)")
+    if problems:
+        raise RunError("trained agent does not fit this generator: " + "; ".join(problems))
+
+
+class AgentSchedule:
+    """Queries a trained SB3 policy (deterministically) for each controllable scale's ratio."""
+
+    name = "rl"
+
+    def __init__(self, model, observer, actions, normalizer: ObsNormalizer | None, layout: dict) -> None:
+        self.model, self.observer, self.actions, self.normalizer, self.layout = model, observer, actions, normalizer, layout
+        self._bound = None
+        self._last = (None, None)
+
+    def _decide(self, state) -> tuple[float, bool]:
+        key = (id(state), state.scale_index, len(state.reports))
+        if self._last[0] == key:
+            return self._last[1]
+        obs = self.observer.observe(state)
+        if self.normalizer is not None:
+            obs = self.normalizer(obs)
+        action, _ = self.model.predict(obs, deterministic=True)
+        decision = self.actions.to_ratio(action)
+        self._last = (key, decision)
+        return decision
+
+    def ratio(self, scale_index: int, num_scales: int, state=None) -> float:
+        if num_scales != self.layout["num_scales"]:
+            raise RunError(f"agent was trained for {self.layout['num_scales']} scales, asked about {num_scales}")
+        if not 0 <= scale_index < num_scales:
+            raise IndexError(f"scale index {scale_index} is outside 0..{num_scales - 1}")
+        if scale_index < self.layout["first_controllable_scale"]:
+            return 0.0
+        if state is None:
+            raise ValueError("the agent observes the generation: pass the state (or bind(state) first)")
+        if state.scale_index != scale_index:
+            raise ValueError(f"state is at scale {state.scale_index}, asked about scale {scale_index}")
+        return self._decide(state)[0]
+
+    def drop_unconditional(self, scale_index: int, num_scales: int, state=None) -> bool:
+        if scale_index < self.layout["first_controllable_scale"] or state is None:
+            return False
+        return self._decide(state)[1]
+
+    def describe(self, widths) -> str:
+        return f"rl:{self.layout.get('run', '?')}"
+
+    # the user's hook ------------------------------------------------------------------------------
+    def bind(self, state) -> "AgentSchedule":
+        self._bound = state
+        return self
+
+    def get_pruning_ratio(self, scale: int, num_scales: int) -> float:
+        """Drop-in for the seed's ``get_pruning_ratio``: needs ``bind(state)`` of the live generation."""
+        if self._bound is None:
+            raise RuntimeError("call bind(state) with the current generation state before get_pruning_ratio")
+        return self.ratio(scale, num_scales, self._bound)
+
+
+def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", clip=None) -> AgentSchedule:
+    """A run directory from train.py -> schedule for ``generator`` (checked to fit)."""
+    from envs.actions import ActionMapper
+    from envs.config import EnvConfig
+    from envs.factory import make_clip
+    from envs.observation import ObservationBuilder
+
+    run = Path(run_dir)
+    cfg = read_run_config(run)
+    if which not in ("best", "final"):
+        raise ValueError(f"which must be 'best' or 'final', got {which!r}")
+    model_path = run / f"{which}_model.zip"
+    if not model_path.is_file():
+        raise RunError(f"{model_path} is missing (did training finish? checkpoints are in {run / 'checkpoints'})")
+    layout = dict(cfg["observation_layout"], run=run.name)
+    env_cfg = EnvConfig.from_dict(cfg["env"])
+    check_layout(layout, generator)
+    if clip is None and env_cfg.prompt_embedding_dim > 0:
+        clip = make_clip(env_cfg)
+    observer = ObservationBuilder(generator, layout["first_controllable_scale"], env_cfg.prompt_embedding_dim, clip)
+    check_layout(layout, generator, observer.dim)
+    try:
+        model = algo_class(cfg["algo"]).load(str(model_path), device="cpu")
+    except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError) as e:
+        raise RunError(f"cannot load {model_path}: corrupt or not a {cfg['algo']} model ({type(e).__name__}: {e})") from None
+    stats = run / f"{which}_obs_stats.json"
+    normalizer = ObsNormalizer(stats) if stats.is_file() else None
+    if cfg.get("hyperparams", {}).get("normalize_observations") and normalizer is None:
+        raise RunError(f"{stats} is missing but the run normalised observations")
+    return AgentSchedule(model, observer, ActionMapper(env_cfg), normalizer, layout)

@@ -1,0 +1,89 @@
+"""Configuration of the VarPrune environment (a dataclass, so runs can save and reload it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from rewards.reward import RewardConfig
+
+ACTION_MODES = ("continuous", "discrete")
+
+
+@dataclass
+class EnvConfig:
+    """Everything that defines an episode, the action and observation spaces, and the reward.
+
+    prompts: a split name ('train' | 'val' | 'test', files in prompts/) or a path to a prompts file.
+    prompt_order: 'random' (drawn with the env's np_random) or 'cycle' (episode i uses prompt i mod P
+        and image seed (i // P) mod image_seeds: a fixed evaluation set).
+    image_seeds: each episode's image seed is drawn from range(image_seeds) (a small pool keeps the
+        unpruned references cacheable); ``reset(options={"seed": s})`` overrides it.
+    first_controllable_scale: index of the first scale the agent controls; earlier scales run
+        unpruned. None = the last ``num_controllable`` scales (default 4: the scales FastVAR touches).
+    action_mode: 'continuous' (Box(-1, 1); ratio = (a + 1) / 2, and ratio >= skip_threshold skips
+        the scale) or 'discrete' (index into ratio_grid; 1.0 in the grid means skip).
+    allow_drop_unconditional: adds an action component that drops the CFG unconditional branch at
+        this scale (continuous: second entry > 0; discrete: the grid doubles, upper half drops).
+    clip_model, clip_pretrained: an open_clip model name and a local checkpoint path or cached
+        tag for the CLIP reward and prompt features; None = the shipped small CLIP.
+    lpips_net, lpips_backbone: LPIPS network ('alex' | 'vgg') and a local backbone weights path.
+    cfg_scale: classifier-free guidance of the generator. prompt_embedding_dim: size of the fixed
+        random projection of the prompt's CLIP text embedding in the observation.
+    """
+
+    generator: str = "tiny"
+    prompts: str = "train"
+    image_seeds: int = 2
+    prompt_order: str = "random"
+    first_controllable_scale: int | None = None
+    num_controllable: int = 4
+    action_mode: str = "continuous"
+    skip_threshold: float = 0.9
+    ratio_grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
+    allow_drop_unconditional: bool = False
+    cfg_scale: float = 3.0
+    prompt_embedding_dim: int = 16
+    reward: RewardConfig = field(default_factory=RewardConfig.embedded)
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    lpips_net: str = "alex"
+    lpips_backbone: str | None = None
+    reference_cache_size: int = 8192
+    reference_cache_dir: str | None = None
+    infinity: dict | None = None
+
+    def validate(self) -> "EnvConfig":
+        if self.action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {self.action_mode!r}")
+        if not (0.0 < self.skip_threshold <= 1.0):
+            raise ValueError(f"skip_threshold must be in (0, 1], got {self.skip_threshold}")
+        if not self.ratio_grid or any(not (math.isfinite(r) and 0 <= r <= 1) for r in self.ratio_grid):
+            raise ValueError(f"ratio_grid must be non-empty numbers in [0, 1] (1 = skip), got {self.ratio_grid}")
+        if self.prompt_order not in ("random", "cycle"):
+            raise ValueError(f"prompt_order must be 'random' or 'cycle', got {self.prompt_order!r}")
+        if self.image_seeds < 1:
+            raise ValueError(f"image_seeds must be >= 1, got {self.image_seeds}")
+        if self.num_controllable < 1:
+            raise ValueError(f"num_controllable must be >= 1, got {self.num_controllable}")
+        if self.prompt_embedding_dim < 0:
+            raise ValueError(f"prompt_embedding_dim must be >= 0, got {self.prompt_embedding_dim}")
+        self.reward.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ratio_grid"] = list(self.ratio_grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EnvConfig":
+        d = dict(d)
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown env config keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        if "reward" in d and isinstance(d["reward"], dict):
+            d["reward"] = RewardConfig(**d["reward"])
+        if "ratio_grid" in d:
+            d["ratio_grid"] = tuple(d["ratio_grid"])
+        return cls(**d)

@@ -1,0 +1,116 @@
+"""The reward: FLOPs saved per step, quality vs the unpruned image at the end, an optional budget.
+
+For an episode that spends ``u`` (fraction of the unpruned FLOPs) and ends in image ``x`` with
+unpruned reference ``x0`` for prompt ``p``:
+
+    step reward at scale k  = flops_weight * (F0_k - F_k) / F0            (sums to flops_weight * (1 - u))
+    terminal reward         = clip_weight  * (CLIP(x, p) - CLIP(x0, p))   (CLIP score points, 0..100)
+                            - ssim_weight  * (1 - SSIM(x, x0))
+                            - lpips_weight * LPIPS(x, x0)
+                            - psnr_weight  * (1 - min(PSNR(x, x0), psnr_cap_db) / psnr_cap_db)
+                            - budget_penalty * max(0, u - flops_budget)   (only if flops_budget is set)
+
+Every quality term is exactly 0 when nothing is pruned (x == x0), so an all-zero episode scores 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from rewards.similarity import psnr, ssim
+
+
+@dataclass
+class RewardConfig:
+    """Weights of the reward terms (formulas in the module docstring and the README).
+
+    flops_weight: reward per unit of FLOPs fraction saved (1.0 = saving all compute is worth 1).
+    clip_weight: per CLIP-score point (100 * cosine) gained vs the unpruned image.
+    ssim_weight, lpips_weight, psnr_weight: penalties on 1 - SSIM, LPIPS, and the PSNR shortfall.
+    psnr_cap_db: PSNR at or above which an image counts as perfect (identical images have inf).
+    flops_budget: target FLOPs fraction in (0, 1]; None disables the budget term.
+    budget_penalty: penalty per unit of FLOPs fraction above the budget.
+    """
+
+    flops_weight: float = 1.0
+    clip_weight: float = 0.0
+    ssim_weight: float = 0.0
+    lpips_weight: float = 0.0
+    psnr_weight: float = 0.0
+    psnr_cap_db: float = 40.0
+    flops_budget: float | None = None
+    budget_penalty: float = 5.0
+
+    @classmethod
+    def embedded(cls, **overrides) -> "RewardConfig":
+        """Preset for the shipped tiny model: CLIP + SSIM (LPIPS needs ImageNet weights, absent offline),
+        with a FLOPs budget just under FastVAR's (0.347 of the unpruned FLOPs on the embedded model), so
+        the agent learns the best quality it can buy for FastVAR's compute."""
+        return cls(**{"flops_weight": 1.0, "clip_weight": 0.02, "ssim_weight": 1.0, "flops_budget": 0.34,
+                      "budget_penalty": 5.0, **overrides})
+
+    @classmethod
+    def infinity(cls, **overrides) -> "RewardConfig":
+        """Preset for Infinity-2B: CLIP (ViT-L-14) + LPIPS, FLOPs budget at FastVAR's share (~0.37)."""
+        return cls(**{"flops_weight": 1.0, "clip_weight": 0.02, "lpips_weight": 1.0, "flops_budget": 0.37,
+                      "budget_penalty": 5.0, **overrides})
+
+    def validate(self) -> "RewardConfig":
+        for name in ("flops_weight", "clip_weight", "ssim_weight", "lpips_weight", "psnr_weight", "budget_penalty"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"reward {name} must be a finite number >= 0, got {v!r}")
+        if not (math.isfinite(self.psnr_cap_db) and self.psnr_cap_db > 0):
+            raise ValueError(f"reward psnr_cap_db must be > 0, got {self.psnr_cap_db!r}")
+        if self.flops_budget is not None and not (0 < self.flops_budget <= 1):
+            raise ValueError(f"reward flops_budget must be in (0, 1] (fraction of unpruned FLOPs) or None, "
+                             f"got {self.flops_budget!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RewardFunction:
+    """Computes the reward terms; ``clip`` / ``lpips`` are needed only when their weights are > 0."""
+
+    def __init__(self, config: RewardConfig, clip=None, lpips=None) -> None:
+        self.config = config.validate()
+        if config.clip_weight > 0 and clip is None:
+            raise ValueError("reward clip_weight > 0 needs a CLIP scorer")
+        if config.lpips_weight > 0 and lpips is None:
+            raise ValueError("reward lpips_weight > 0 needs an LPIPS metric")
+        self.clip = clip
+        self.lpips = lpips
+
+    def step_reward(self, flops_saved_fraction: float) -> float:
+        """Reward for one scale: ``flops_weight`` times the FLOPs it saved (fraction of the full total)."""
+        return self.config.flops_weight * float(flops_saved_fraction)
+
+    def terminal(self, image: torch.Tensor, reference: torch.Tensor, prompt: str, used_fraction: float,
+                 reference_clip: float | None = None) -> tuple[float, dict]:
+        """Quality and budget terms at the end of an episode; returns (reward, named terms)."""
+        c = self.config
+        terms: dict = {}
+        reward = 0.0
+        s = float(ssim(image, reference)[0])
+        p = float(psnr(image, reference)[0])
+        terms.update(ssim=s, psnr=p)
+        reward -= c.ssim_weight * (1.0 - s)
+        reward -= c.psnr_weight * (1.0 - min(p, c.psnr_cap_db) / c.psnr_cap_db)
+        if self.clip is not None:
+            score = float(self.clip.score(image, [prompt])[0])
+            ref = float(self.clip.score(reference, [prompt])[0]) if reference_clip is None else float(reference_clip)
+            terms.update(clip_score=score, clip_reference=ref, clip_delta=score - ref)
+            reward += c.clip_weight * (score - ref)
+        if self.lpips is not None:
+            lp = float(self.lpips(image, reference)[0])
+            terms["lpips"] = lp
+            reward -= c.lpips_weight * lp
+        excess = 0.0 if c.flops_budget is None else max(0.0, used_fraction - c.flops_budget)
+        terms.update(flops_fraction=float(used_fraction), budget_excess=excess, quality_reward=reward)
+        reward -= c.budget_penalty * excess
+        return float(reward), terms

@@ -1,0 +1,254 @@
+"""Train an RL agent that chooses per-scale token-pruning ratios (Stable-Baselines3 on VarPrune-v0).
+
+    python train.py                               # PPO on the embedded default, ~15 min on 2 CPU cores
+    python train.py --algo dqn --flops-weight 2   # discrete ratio grid, FLOPs weighted higher
+    python train.py --resume runs/ppo_s0          # continue an interrupted run
+
+Leaves runs/<name>/ with final_model.zip, best_model.zip (best mean reward on validation
+prompts), *_obs_stats.json (observation normalisation), config.json (everything resolved),
+eval_curve.csv, baselines.json (FastVAR and original schedules on the same validation episodes),
+summary.json, tb/ (TensorBoard) and checkpoints/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from generator.weights_io import atomic_write_json
+
+DEFAULT_OUT = Path("runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agents.algos import ALGOS
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--algo", default="ppo", choices=ALGOS)
+    ap.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a hyperparameter of agents/hyperparams/<algo>.yml (YAML value), repeatable")
+    ap.add_argument("--total-timesteps", type=int, default=None, help="default: the YAML's total_timesteps")
+    ap.add_argument("--n-envs", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="parent directory of runs")
+    ap.add_argument("--name", default=None, help="run name (default <algo>_s<seed>, suffixed if taken)")
+    ap.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    ap.add_argument("--generator", default="tiny", choices=("tiny", "infinity"))
+    ap.add_argument("--train-prompts", default="train")
+    ap.add_argument("--val-prompts", default="val")
+    ap.add_argument("--eval-episodes", type=int, default=None, help="validation episodes per evaluation (default: every val prompt once)")
+    ap.add_argument("--eval-freq", type=int, default=2000, help="evaluate every N environment steps")
+    ap.add_argument("--checkpoint-freq", type=int, default=2000)
+    ap.add_argument("--image-seeds", type=int, default=2)
+    ap.add_argument("--num-controllable", type=int, default=4)
+    ap.add_argument("--allow-drop-unconditional", action="store_true")
+    ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale of the generator")
+    g = ap.add_argument_group("reward (see README 'Reward')")
+    g.add_argument("--reward-preset", default=None, choices=("embedded", "infinity"),
+                   help="default: embedded for --generator tiny, infinity otherwise")
+    g.add_argument("--flops-weight", type=float, default=None)
+    g.add_argument("--clip-weight", type=float, default=None)
+    g.add_argument("--ssim-weight", type=float, default=None)
+    g.add_argument("--lpips-weight", type=float, default=None)
+    g.add_argument("--flops-budget", type=float, default=None, help="target FLOPs fraction; beyond it a penalty applies")
+    g.add_argument("--budget-penalty", type=float, default=None)
+    i = ap.add_argument_group("CLIP / LPIPS / Infinity (see README 'Running on Infinity-2B')")
+    i.add_argument("--clip-model", default=None)
+    i.add_argument("--clip-pretrained", default=None)
+    i.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
+    i.add_argument("--lpips-backbone", default=None)
+    i.add_argument("--infinity-options", type=Path, default=None, help="JSON file of InfinityOptions")
+    ap.add_argument("--device", default="cpu", help="device of the policy network")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
+    from envs.config import EnvConfig
+    from rewards.reward import RewardConfig
+
+    preset = args.reward_preset or ("embedded" if args.generator == "tiny" else "infinity")
+    reward = RewardConfig.embedded() if preset == "embedded" else RewardConfig.infinity()
+    for flag, field in (("flops_weight", "flops_weight"), ("clip_weight", "clip_weight"), ("ssim_weight", "ssim_weight"),
+                        ("lpips_weight", "lpips_weight"), ("flops_budget", "flops_budget"), ("budget_penalty", "budget_penalty")):
+        v = getattr(args, flag)
+        if v is not None:
+            setattr(reward, field, v)
+    infinity = None
+    if args.infinity_options is not None:
+        infinity = json.loads(Path(args.infinity_options).read_text())
+    return EnvConfig(generator=args.generator, prompts=args.train_prompts, image_seeds=args.image_seeds,
+                     num_controllable=args.num_controllable, allow_drop_unconditional=args.allow_drop_unconditional,
+                     cfg_scale=args.cfg, reward=reward, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
+                     lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone, infinity=infinity).validate()
+
+
+def unique_run_dir(out: Path, name: str) -> Path:
+    run = out / name
+    i = 2
+    while run.exists():
+        run = out / f"{name}_{i}"
+        i += 1
+    return run
+
+
+def evaluate_fixed_schedule(env, ratios: list[float], episodes: int) -> dict:
+    """Run a fixed ratio list through the (cycling) validation env; mean reward, FLOPs and quality."""
+    rewards, fracs, clips, ssims = [], [], [], []
+    for _ in range(episodes):
+        env.reset()
+        total, done, info = 0.0, False, {}
+        while not done:
+            k = env.unwrapped._state.scale_index
+            _, r, done, _, info = env.step(env.unwrapped.ratio_to_action(ratios[k]))
+            total += r
+        rewards.append(total)
+        fracs.append(info["flops_fraction"])
+        clips.append(info.get("clip_delta", float("nan")))
+        ssims.append(info.get("ssim", float("nan")))
+    return {"mean_reward": float(np.mean(rewards)), "std_reward": float(np.std(rewards)),
+            "flops_fraction": float(np.mean(fracs)), "clip_delta": float(np.nanmean(clips)) if clips else None,
+            "ssim": float(np.nanmean(ssims)) if ssims else None, "episodes": episodes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+    from stable_baselines3.common.utils import set_random_seed
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
+
+    from agents.algos import algo_class, build_model, load_hyperparams
+    from agents.callbacks import PruningEvalCallback, ResumableCheckpoint, latest_checkpoint
+    from agents.normalization import load_obs_stats_into, save_obs_stats
+    from agents.schedule import RunError, read_run_config
+    from envs.config import EnvConfig
+    from envs.factory import load_prompts_for, make_clip, make_generator, make_lpips
+    from envs.var_prune import VarPruneEnv
+    from generator.schedules import FastVARSchedule, schedule_ratios
+    from rewards import ReferenceCache
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.time()
+    done_steps = 0
+    if args.resume is not None:
+        try:
+            saved = read_run_config(args.resume)
+        except RunError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        run = Path(args.resume)
+        ckpt = latest_checkpoint(run / "checkpoints")
+        if ckpt is None:
+            print(f"error: --resume: no checkpoint in {run / 'checkpoints'}", file=sys.stderr)
+            return 2
+        done_steps, ckpt_path = ckpt
+        algo, hp, seed = saved["algo"], saved["hyperparams"], saved["seed"]
+        env_cfg = EnvConfig.from_dict(saved["env"])
+        total = saved["total_timesteps"]
+        args.n_envs, args.eval_freq, args.checkpoint_freq = saved["n_envs"], saved["eval_freq"], saved["checkpoint_freq"]
+        args.val_prompts, args.eval_episodes = saved["val_prompts"], saved["eval_episodes"]
+    else:
+        try:
+            hp = load_hyperparams(args.algo, args.hp)
+            env_cfg = resolve_env_config(args)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        env_cfg.action_mode = hp.get("action_mode", "continuous")
+        algo, seed = args.algo, args.seed
+        total = args.total_timesteps or int(hp["total_timesteps"])
+        run = unique_run_dir(args.out, args.name or f"{algo}_s{seed}")
+        run.mkdir(parents=True)
+
+    set_random_seed(seed)
+    generator = make_generator(env_cfg)
+    clip = make_clip(env_cfg) if (env_cfg.reward.clip_weight > 0 or env_cfg.prompt_embedding_dim > 0) else None
+    lpips = make_lpips(env_cfg) if env_cfg.reward.lpips_weight > 0 else None
+    refs = ReferenceCache(max_items=env_cfg.reference_cache_size, directory=env_cfg.reference_cache_dir)
+    shared = dict(generator=generator, clip=clip, lpips=lpips, reference_cache=refs)
+    val_prompts = load_prompts_for(args.val_prompts)
+    eval_episodes = args.eval_episodes or len(val_prompts)
+    val_cfg = EnvConfig.from_dict({**env_cfg.to_dict(), "prompts": args.val_prompts, "image_seeds": 1,
+                                   "prompt_order": "cycle"})
+
+    def make_train_env():
+        return VarPruneEnv(env_cfg, **shared)
+
+    venv = VecMonitor(DummyVecEnv([make_train_env] * args.n_envs))
+    venv.seed(seed)
+    norm = bool(hp.get("normalize_observations", True))
+    venv = VecNormalize(venv, norm_obs=norm, norm_reward=False, clip_obs=10.0)
+    eval_env = VecNormalize(VecMonitor(DummyVecEnv([lambda: VarPruneEnv(val_cfg, **shared)])), norm_obs=norm,
+                            norm_reward=False, clip_obs=10.0, training=False)
+    probe = VarPruneEnv(val_cfg, **shared)
+    layout = probe.observation_layout
+
+    if args.resume is not None:
+        model = algo_class(algo).load(str(ckpt_path), env=venv, device=args.device)
+        stats = run / "checkpoints" / f"obs_stats_{done_steps}_steps.json"
+        if stats.is_file():
+            load_obs_stats_into(venv, stats)
+        replay = run / "checkpoints" / f"replay_{done_steps}_steps.pkl"
+        if replay.is_file() and hasattr(model, "load_replay_buffer"):
+            model.load_replay_buffer(str(replay))
+        print(f"resuming {run} at step {done_steps} of {total}")
+    else:
+        baselines = {}
+        for name, sched in (("fastvar", FastVARSchedule()),):
+            baselines[name] = evaluate_fixed_schedule(VarPruneEnv(val_cfg, **shared), schedule_ratios(sched, generator.num_scales),
+                                                      eval_episodes)
+        baselines["original"] = evaluate_fixed_schedule(VarPruneEnv(val_cfg, **shared), [0.0] * generator.num_scales, eval_episodes)
+        atomic_write_json(run / "baselines.json", baselines)
+        config = {"algo": algo, "hyperparams": hp, "seed": seed, "total_timesteps": total, "n_envs": args.n_envs,
+                  "eval_freq": args.eval_freq, "checkpoint_freq": args.checkpoint_freq, "val_prompts": args.val_prompts,
+                  "eval_episodes": eval_episodes, "env": env_cfg.to_dict(), "observation_layout": layout,
+                  "generator_fingerprint": generator.fingerprint(), "command": sys.argv}
+        atomic_write_json(run / "config.json", config)
+        model = build_model(algo, hp, venv, seed, tensorboard_log=str(run / "tb"), device=args.device)
+        print(f"run {run}: {algo}, {total} steps; FastVAR on validation: reward {baselines['fastvar']['mean_reward']:.4f} "
+              f"at {baselines['fastvar']['flops_fraction']:.3f} of full FLOPs")
+
+    eval_cb = PruningEvalCallback(eval_env, run, n_eval_episodes=eval_episodes, eval_freq=max(1, args.eval_freq // args.n_envs),
+                                  deterministic=True, verbose=0)
+    ckpt_cb = ResumableCheckpoint(max(1, args.checkpoint_freq // args.n_envs), run / "checkpoints")
+    remaining = total - done_steps
+    if remaining > 0:
+        model.learn(total_timesteps=remaining, callback=[ckpt_cb, eval_cb], progress_bar=not args.no_progress,
+                    reset_num_timesteps=args.resume is None, tb_log_name="tb")
+    model.save(str(run / "final_model.zip"))
+    if model.get_vec_normalize_env() is not None:
+        save_obs_stats(model.get_vec_normalize_env(), run / "final_obs_stats.json")
+    if not (run / "best_model.zip").exists():  # no evaluation ran (very short run)
+        model.save(str(run / "best_model.zip"))
+        if model.get_vec_normalize_env() is not None:
+            save_obs_stats(model.get_vec_normalize_env(), run / "best_obs_stats.json")
+    summarize(run, time.time() - started)
+    return 0
+
+
+def summarize(run: Path, seconds: float) -> dict:
+    import csv
+
+    base = json.loads((run / "baselines.json").read_text())
+    rows = list(csv.DictReader(open(run / "eval_curve.csv"))) if (run / "eval_curve.csv").exists() else []
+    best = max(rows, key=lambda r: float(r["mean_reward"])) if rows else None
+    fv = base["fastvar"]
+    summary = {"run": str(run), "wall_clock_s": round(seconds, 1), "fastvar": fv, "original": base["original"],
+               "best_eval": best}
+    if best is not None:
+        beats = float(best["mean_reward"]) > fv["mean_reward"] and float(best["flops_fraction"]) <= fv["flops_fraction"] + 1e-9
+        summary["beats_fastvar_at_no_more_flops"] = bool(beats)
+        print(f"best validation: reward {float(best['mean_reward']):.4f} at {float(best['flops_fraction']):.3f} FLOPs "
+              f"(step {best['timesteps']}) vs FastVAR {fv['mean_reward']:.4f} at {fv['flops_fraction']:.3f}: "
+              f"{'beats' if beats else 'does NOT beat'} FastVAR at no more FLOPs")
+    atomic_write_json(run / "summary.json", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
