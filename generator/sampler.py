@@ -165,6 +165,11 @@ class NextScaleGenerator:
         """FLOPs of one unpruned image (prefill + every scale), the denominator of FLOPs fractions."""
         return prefill_flops(self.transformer.cfg) + sum(self.schedule_flops([0.0] * self.num_scales))
 
+    def flops_fraction(self, ratios: list[float], unconditional: list[bool] | None = None) -> float:
+        """Whole-image FLOPs of a ratio list (prefill included) as a fraction of ``flops_full()``."""
+        used = prefill_flops(self.transformer.cfg) + sum(self.schedule_flops(ratios, unconditional))
+        return used / self.flops_full()
+
     # ---- generation ---------------------------------------------------------------------------
     @torch.no_grad()
     def start(self, prompts: list[str] | str, seeds: list[int] | int) -> GenerationState:
@@ -300,8 +305,10 @@ class NextScaleGenerator:
         """Whole generation with a schedule (``generator.schedules``; None = unpruned)."""
         state = self.start(prompts, seeds)
         while not state.finished:
-            r = 0.0 if schedule is None else schedule.ratio(state.scale_index, state.num_scales, state)
-            self.step(state, r)
+            k, n = state.scale_index, state.num_scales
+            r = 0.0 if schedule is None else schedule.ratio(k, n, state)
+            drop = getattr(schedule, "drop_unconditional", None)
+            self.step(state, r, drop_unconditional=bool(drop(k, n, state)) if drop is not None else False)
         return self.decode(state), state
 
 

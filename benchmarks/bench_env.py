@@ -1,0 +1,84 @@
+"""VarPrune-v0 overhead: env episode time vs driving the generator directly with the same schedule.
+
+    python benchmarks/bench_env.py [--episodes 30]
+
+Both paths run the FastVAR schedule on the same prompts and seeds, interleaved, in one process.
+The env's reward computation (terminal CLIP + SSIM/PSNR, reference lookup) is timed separately and
+subtracted, so "overhead" is what the env adds to generation itself (observations, bookkeeping).
+References are pre-generated (cached), as they are after the first epoch of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+class TimedReward:
+    """Delegates to the env's RewardFunction and accumulates the wall time of terminal()."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.seconds = inner, 0.0
+
+    def step_reward(self, saved: float) -> float:
+        return self.inner.step_reward(saved)
+
+    def terminal(self, *a, **kw):
+        t = time.perf_counter()
+        out = self.inner.terminal(*a, **kw)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=30)
+    args = ap.parse_args(argv)
+    from envs.config import EnvConfig
+    from envs.var_prune import VarPruneEnv
+    from generator.domain import load_prompts
+    from generator.schedules import FastVARSchedule, schedule_ratios
+
+    prompts = load_prompts("val")[: args.episodes]
+    env = VarPruneEnv(EnvConfig(prompts="val", prompt_order="cycle", image_seeds=1))
+    g = env.generator
+    ratios = schedule_ratios(FastVARSchedule(), g.num_scales)
+    actions = [env.ratio_to_action(r) for r in ratios[env.first_controllable:]]
+    for p in prompts:  # warm the reference cache and the text embeddings
+        env.reset(options={"prompt": p, "seed": 0})
+        for a in actions:
+            env.step(a)
+    timer = TimedReward(env.reward_fn)
+    env.reward_fn = timer
+    t_env, t_gen, t_rew = [], [], []
+    for p in prompts:
+        before = timer.seconds
+        t = time.perf_counter()
+        env.reset(options={"prompt": p, "seed": 0})
+        for a in actions:
+            env.step(a)
+        t_env.append(time.perf_counter() - t)
+        t_rew.append(timer.seconds - before)
+        t = time.perf_counter()
+        with torch.no_grad():
+            st = g.start([p], [0])
+            while not st.finished:
+                g.step(st, ratios[st.scale_index])
+            g.decode(st)
+        t_gen.append(time.perf_counter() - t)
+    env_ms = 1000 * statistics.median([e - r for e, r in zip(t_env, t_rew)])
+    gen_ms = 1000 * statistics.median(t_gen)
+    rew_ms = 1000 * statistics.median(t_rew)
+    print(f"episodes {len(prompts)} (FastVAR schedule, batch 1, torch threads {torch.get_num_threads()})")
+    print(f"generator directly           {gen_ms:8.2f} ms / image")
+    print(f"env episode minus reward     {env_ms:8.2f} ms / episode")
+    print(f"env overhead (excl. reward)  {100 * (env_ms / gen_ms - 1):+8.1f} %")
+    print(f"reward (CLIP+SSIM+PSNR)      {rew_ms:8.2f} ms / episode = {rew_ms / gen_ms:.2f} x generation")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

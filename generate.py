@@ -1,0 +1,264 @@
+"""Generate images with a pruning schedule or a trained agent (the seed's inference.py).
+
+    python generate.py --prompt "a large red solid circle in the centre on a plain gray background"
+    python generate.py --prompts prompts.tsv --schedule fastvar --out results
+    python generate.py --prompts test --schedule "5:0.5,6:1,8:1" --save-intermediate --dft
+    python generate.py --prompts test --agent runs/ppo_s0
+
+Prompts: ``--prompt TEXT`` (repeatable; named by ``--name`` or a slug of the text), or ``--prompts``
+with a file of ``name<TAB>prompt`` lines, a JSON dict ``{name: prompt}``, plain one-prompt-per-line
+text, or a split name (train/val/test). Schedules: original | fastvar | tail | "width:ratio,..."
+(width = token-map side; ratio >= 1 skips that scale) or ``--agent RUN_DIR``.
+
+Writes, per prompt, ``OUT/gen_images_<name>/1.jpg`` (2.jpg, ... with --images-per-prompt) and
+``config.json`` (prompt, seed, schedule, ratios, per-scale tokens and FLOPs, latency), merges all
+into ``OUT/config_all.json``; ``--save-intermediate`` adds ``summed_codes/`` and ``rescale_codes/``
+PNGs per non-skipped scale, ``--dft`` adds ``fourier_{pixel,latent}_*/scale_<si>.npy`` spectra
+(see scripts/analyze_fourier.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generator.cli import add_generator_args, build_generator
+from generator.weights_io import WeightsError, atomic_write_bytes, atomic_write_json
+
+
+class PromptError(ValueError):
+    pass
+
+
+def slug(text: str, max_len: int = 48) -> str:
+    s = re.sub(r"[^a-zA-Z0-9]+", "_", text.strip().lower()).strip("_")
+    return s[:max_len].rstrip("_") or "prompt"
+
+
+def read_prompts_file(spec: str) -> dict[str, str]:
+    """name -> prompt from a TSV / JSON / plain file, or a split name of prompts/."""
+    path = Path(spec)
+    if not path.exists():
+        from generator.domain import load_prompts
+
+        try:
+            lines = load_prompts(spec)
+        except (FileNotFoundError, ValueError) as e:
+            raise PromptError(f"--prompts {spec!r}: not a file and not a prompt split ({e})") from None
+        return {f"{spec}_{i:03d}": p for i, p in enumerate(lines)}
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PromptError(f"{path} is not valid JSON ({e})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise PromptError(f"{path}: JSON prompts must be an object {{name: prompt}}")
+        out = {str(k): v for k, v in data.items()}
+    else:
+        out = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, sep, prompt = line.partition("\t")
+            if not sep:
+                name, prompt = slug(line), line
+            if name in out:
+                raise PromptError(f"{path}:{n}: duplicate prompt name {name!r}")
+            out[name.strip()] = prompt.strip()
+    for name, prompt in out.items():
+        if not prompt.strip():
+            raise PromptError(f"{path}: prompt {name!r} is empty")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+            raise PromptError(f"{path}: prompt name {name!r} must use only letters, digits, '_', '-', '.' (it names a folder)")
+    if not out:
+        raise PromptError(f"{path} contains no prompts")
+    return out
+
+
+def collect_prompts(args) -> dict[str, str]:
+    if args.prompts is not None and args.prompt:
+        raise PromptError("give --prompt or --prompts, not both")
+    if args.prompts is not None:
+        prompts = read_prompts_file(args.prompts)
+    elif args.prompt:
+        if args.name and len(args.name) != len(args.prompt):
+            raise PromptError(f"{len(args.name)} --name for {len(args.prompt)} --prompt")
+        names = args.name or [slug(p) for p in args.prompt]
+        prompts = {}
+        for n, p in zip(names, args.prompt):
+            if not p.strip():
+                raise PromptError("--prompt must not be empty")
+            prompts[n] = p
+    else:
+        raise PromptError("no prompts: give --prompt TEXT or --prompts FILE|train|val|test")
+    if args.num_prompts is not None:
+        prompts = dict(list(prompts.items())[: args.num_prompts])
+    return prompts
+
+
+def to_uint8(img_3HW: torch.Tensor) -> np.ndarray:
+    return (img_3HW.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def save_image(img_3HW: torch.Tensor, path: Path, quality: int = 95) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    Image.fromarray(to_uint8(img_3HW)).save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_npy(arr: np.ndarray, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr.astype(np.float32))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class IntermediateWriter:
+    """Per-scale PNGs (``summed_codes`` / ``rescale_codes``) and DFT spectra of one generation."""
+
+    def __init__(self, generator, out_dir: Path, images: bool, dft: bool, image_number: int) -> None:
+        self.g, self.out, self.images, self.dft = generator, out_dir, images, dft
+        self.suffix = "" if image_number == 1 else f"_{image_number}"
+
+    def after_step(self, state, scale_index: int) -> None:
+        from generator.spectral import log_magnitude_spectrum
+
+        if state.codes[scale_index] is None:  # skipped: no new codes, nothing to write (as in the seed)
+            return
+        summed = self.g.decode(state)
+        residual = self.g.decode_scale(state, scale_index)
+        name = f"intermediate_scale_img_{scale_index}{self.suffix}.png"
+        if self.images:
+            save_image(summed[0], self.out / "summed_codes" / name)
+            save_image(residual[0], self.out / "rescale_codes" / name)
+        if self.dft:
+            tok = self.g.tokenizer
+            idx = state.codes[scale_index][:1]
+            latent_residual = tok.scale_contribution(idx)
+            unscaled = tok.codebook(idx).permute(0, 3, 1, 2)
+            spectra = {"fourier_pixel_summed": summed[:1], "fourier_pixel_residual": residual[:1],
+                       "fourier_latent_summed": state.f_hat_BChw[:1], "fourier_latent_residual": latent_residual,
+                       "fourier_latent_unscaled": unscaled}
+            for folder, x in spectra.items():
+                save_npy(log_magnitude_spectrum(x)[0].cpu().numpy(), self.out / folder / f"scale_{scale_index}{self.suffix}.npy")
+
+
+def run_one(generator, schedule, prompt: str, seed: int, writer: IntermediateWriter | None):
+    """Generate one image, scale by scale; returns (image (3, H, W), state, latency_s)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        state = generator.start([prompt], [seed])
+        while not state.finished:
+            k, n = state.scale_index, state.num_scales
+            r = schedule.ratio(k, n, state)
+            drop_fn = getattr(schedule, "drop_unconditional", None)
+            generator.step(state, r, drop_unconditional=bool(drop_fn(k, n, state)) if drop_fn else False)
+            if writer is not None:
+                writer.after_step(state, k)
+        image = generator.decode(state)[0]
+    return image, state, time.perf_counter() - t0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    ap.add_argument("--name", action="append", default=[], help="folder name for each --prompt (repeatable)")
+    ap.add_argument("--prompts", default=None, help="prompts file (name<TAB>prompt / JSON / lines) or train|val|test")
+    ap.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts")
+    s = ap.add_mutually_exclusive_group()
+    s.add_argument("--schedule", default="original", help='original | fastvar | tail | "width:ratio,..."')
+    s.add_argument("--agent", type=Path, default=None, metavar="RUN_DIR", help="a train.py run: its agent picks the ratios")
+    ap.add_argument("--agent-model", default="best", choices=("best", "final"))
+    ap.add_argument("--seed", type=int, default=0, help="image seed of the first image of each prompt")
+    ap.add_argument("--images-per-prompt", type=int, default=1, help="seeds seed, seed+1, ... -> 1.jpg, 2.jpg, ...")
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--save-intermediate", action="store_true", help="per-scale summed_codes/ and rescale_codes/ PNGs")
+    ap.add_argument("--dft", action="store_true", help="per-scale Fourier spectra (fourier_pixel_*/, fourier_latent_*/)")
+    add_generator_args(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from agents.schedule import RunError, load_agent_schedule, read_run_config
+    from generator.schedules import parse_schedule
+
+    try:
+        if args.images_per_prompt < 1:
+            raise ValueError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")
+        prompts = collect_prompts(args)
+        cfg_default = None
+        if args.agent is not None:
+            cfg_default = read_run_config(args.agent)["env"].get("cfg_scale")
+        from generator.embedded import DEFAULT_CFG_SCALE
+
+        cfg_default = DEFAULT_CFG_SCALE if cfg_default is None else cfg_default
+        effective_cfg = cfg_default if args.cfg is None else args.cfg
+        generator = build_generator(args, cfg_default=cfg_default)
+        if args.agent is not None:
+            schedule = load_agent_schedule(args.agent, generator, which=args.agent_model)
+            schedule_spec = f"agent:{args.agent}"
+        else:
+            schedule = parse_schedule(args.schedule, generator.scale_widths)
+            schedule_spec = args.schedule
+    except (PromptError, ValueError, RunError, WeightsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    widths = list(generator.scale_widths)
+    flops_full = float(generator.flops_full())
+    all_path = out / "config_all.json"
+    try:
+        config_all = json.loads(all_path.read_text()) if all_path.is_file() else {}
+    except json.JSONDecodeError as e:
+        print(f"error: {all_path} exists but is not valid JSON ({e}); move it away first", file=sys.stderr)
+        return 2
+    run_info = {"generator": getattr(generator, "backend", "?"), "generator_fingerprint": generator.fingerprint(),
+                "schedule": schedule_spec, "cfg": effective_cfg, "cfg_scales": args.cfg_scales, "temperature": args.temperature,
+                "top_k": args.top_k, "scale_widths": widths, "flops_full": flops_full}
+    for name, prompt in prompts.items():
+        folder = out / f"gen_images_{name}"
+        records = []
+        for j in range(args.images_per_prompt):
+            seed = args.seed + j
+            writer = IntermediateWriter(generator, folder, args.save_intermediate, args.dft, j + 1) \
+                if (args.save_intermediate or args.dft) else None
+            if hasattr(schedule, "bind"):
+                schedule.bind(None)
+            image, state, latency = run_one(generator, schedule, prompt, seed, writer)
+            save_image(image, folder / f"{j + 1}.jpg")
+            ratios = [r.ratio for r in state.reports]
+            records.append({
+                "file": f"{j + 1}.jpg", "seed": seed, "ratios": ratios,
+                "pruning_scales": ",".join(f"{w}:{r:g}" for w, r in zip(widths, ratios) if r > 0),
+                "scales": [r.to_dict() for r in state.reports], "flops": state.flops_used,
+                "flops_fraction": state.flops_used / flops_full, "latency_s": latency})
+            print(f"{name} #{j + 1}: {state.flops_used / flops_full:.3f} of full FLOPs, {latency * 1000:.1f} ms, "
+                  f"ratios {[round(r, 3) for r in ratios]}")
+        config = {"name": name, "prompt": prompt, **run_info, "images": records}
+        atomic_write_json(folder / "config.json", config)
+        config_all[name] = config
+        atomic_write_json(all_path, config_all)  # after each prompt: an interrupted run keeps what it wrote
+    print(f"wrote {len(prompts)} prompt folder(s) under {out}/ and {all_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Command-line options shared by generate.py and evaluate_agent.py: which generator, how it samples."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from generator.config import SamplingConfig
+from generator.embedded import DEFAULT_CFG_SCALE
+from generator.guidance import guidance_from_cfg
+
+
+def add_generator_args(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("generator")
+    g.add_argument("--generator", default="tiny", choices=("tiny", "infinity"),
+                   help="tiny = the shipped embedded model (CPU); infinity = Infinity-2B (GPU, see README)")
+    g.add_argument("--cfg", type=float, default=None, help=f"classifier-free guidance scale (default {DEFAULT_CFG_SCALE}; 1 = off)")
+    g.add_argument("--cfg-scales", default=None, metavar="FIRST:LAST",
+                   help="apply CFG only on scale indices FIRST..LAST (inclusive), e.g. 0:4")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0 = sample from all codes")
+    g.add_argument("--infinity-options", type=Path, default=None, help="JSON file of Infinity backend options")
+    g.add_argument("--device", default="cpu")
+
+
+def parse_interval(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    try:
+        a, b = text.split(":")
+        first, last = int(a) if a else None, int(b) if b else None
+    except ValueError:
+        raise ValueError(f"--cfg-scales must be FIRST:LAST scale indices (e.g. 0:4), got {text!r}") from None
+    if first is not None and last is not None and first > last:
+        raise ValueError(f"--cfg-scales FIRST must be <= LAST, got {text!r}")
+    return first, last
+
+
+def build_generator(args, cfg_default: float = DEFAULT_CFG_SCALE):
+    """The generator the options describe (raises ValueError / WeightsError with clear messages)."""
+    cfg = cfg_default if args.cfg is None else args.cfg
+    if not cfg >= 1.0:
+        raise ValueError(f"--cfg must be >= 1 (1 = no guidance), got {cfg}")
+    first, last = parse_interval(args.cfg_scales)
+    guidance = guidance_from_cfg(cfg, first, last)
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k)
+    if args.generator == "tiny":
+        from generator.embedded import load_embedded_generator
+
+        return load_embedded_generator(guidance=guidance, sampling=sampling, device=args.device)
+    from generator.infinity_backend import make_infinity_generator
+
+    opts = json.loads(Path(args.infinity_options).read_text()) if args.infinity_options else {}
+    return make_infinity_generator(**{"cfg": cfg, "device": args.device, **opts})
