@@ -15,7 +15,7 @@ from generator.guidance import GuidanceFn, ScalarGuidance
 from generator.sampler import NextScaleGenerator
 from generator.tokenizer import MultiScaleVQTokenizer
 from generator.transformer import NextScaleTransformer
-from generator.weights_io import load_module, read_metadata
+from generator.weights_io import WeightsError, load_module, read_metadata
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = REPO_ROOT / "weights"
@@ -32,14 +32,20 @@ def build_modules(cfg: GeneratorConfig | None = None) -> tuple[MultiScaleVQToken
     return MultiScaleVQTokenizer(cfg.tokenizer), NextScaleTransformer(cfg.transformer)
 
 
+def _require(meta: dict, key: str, path, how: str) -> dict:
+    if key not in meta:
+        raise WeightsError(f"weights file {path} has no {key!r} config in its metadata: it is not a {key} weights file. {how}")
+    return meta
+
+
 def load_tokenizer(path: str | Path = TOKENIZER_WEIGHTS) -> MultiScaleVQTokenizer:
-    meta = read_metadata(path, _HOW_TOKENIZER)
+    meta = _require(read_metadata(path, _HOW_TOKENIZER), "tokenizer", path, _HOW_TOKENIZER)
     cfg = GeneratorConfig.from_dict({"tokenizer": meta["tokenizer"], "transformer": GeneratorConfig().transformer.to_dict()})
     return load_module(MultiScaleVQTokenizer(cfg.tokenizer), path, _HOW_TOKENIZER).eval()
 
 
 def load_transformer(path: str | Path = GENERATOR_WEIGHTS) -> NextScaleTransformer:
-    meta = read_metadata(path, _HOW_GENERATOR)
+    meta = _require(read_metadata(path, _HOW_GENERATOR), "transformer", path, _HOW_GENERATOR)
     cfg = GeneratorConfig.from_dict({"tokenizer": GeneratorConfig().tokenizer.to_dict(), "transformer": meta["transformer"]})
     return load_module(NextScaleTransformer(cfg.transformer), path, _HOW_GENERATOR).eval()
 
