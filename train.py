@@ -215,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
 
     eval_cb = PruningEvalCallback(eval_env, run, n_eval_episodes=eval_episodes, eval_freq=max(1, args.eval_freq // args.n_envs),
                                   deterministic=True, verbose=0)
+    if args.resume is not None and (run / "eval_curve.csv").is_file():
+        import csv
+
+        rows = list(csv.DictReader(open(run / "eval_curve.csv")))
+        if rows:  # a worse first evaluation after resuming must not replace the best model so far
+            eval_cb.best_mean_reward = max(float(r["mean_reward"]) for r in rows)
     ckpt_cb = ResumableCheckpoint(max(1, args.checkpoint_freq // args.n_envs), run / "checkpoints")
     remaining = total - done_steps
     if remaining > 0:

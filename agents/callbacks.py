@@ -23,7 +23,7 @@ class PruningEvalCallback(EvalCallback):
     """
 
     def __init__(self, eval_env, run_dir: Path, **kwargs) -> None:
-        super().__init__(eval_env, best_model_save_path=str(run_dir), log_path=None, **kwargs)
+        super().__init__(eval_env, best_model_save_path=str(run_dir), log_path=str(run_dir), **kwargs)
         self.run_dir = Path(run_dir)
         self._terminal_infos: list[dict] = []
         self.curve_path = self.run_dir / "eval_curve.csv"

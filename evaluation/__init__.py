@@ -1,0 +1,1 @@
+"""Evaluation of pruning schedules: per-image metrics, statistics, static-schedule search, reports."""

@@ -1,0 +1,98 @@
+"""train.py, trained runs as schedules, and generate.py --agent, on short real runs of the embedded default."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+
+import generate
+import train
+from agents.schedule import RunError, load_agent_schedule
+from generator.embedded import load_embedded_generator
+
+SHORT = ["--total-timesteps", "128", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "4",
+         "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=2", "--no-progress"]
+
+
+def curve(run):
+    return [(int(r["timesteps"]), float(r["mean_reward"]), float(r["flops_fraction"])) for r in csv.DictReader(open(run / "eval_curve.csv"))]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    torch.set_num_threads(2)
+    assert train.main(SHORT + ["--out", str(out), "--name", "a", "--seed", "3"]) == 0
+    return out / "a"
+
+
+def test_a_run_directory_has_everything(trained):
+    for f in ("final_model.zip", "best_model.zip", "best_obs_stats.json", "final_obs_stats.json", "config.json",
+              "eval_curve.csv", "baselines.json", "summary.json", "evaluations.npz"):
+        assert (trained / f).is_file(), f
+    assert any((trained / "tb").iterdir())
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["algo"] == "ppo" and cfg["hyperparams"]["n_steps"] == 32 and cfg["env"]["reward"]["ssim_weight"] > 0
+    assert [t for t, _, _ in curve(trained)] == [64, 128]
+
+
+def test_same_seed_same_learning_curve(trained, tmp_path):
+    assert train.main(SHORT + ["--out", str(tmp_path), "--name", "b", "--seed", "3"]) == 0
+    assert curve(tmp_path / "b") == curve(trained)
+
+
+def test_resume_continues_step_count_and_curve(trained, tmp_path):
+    run = tmp_path / "r"
+    shutil.copytree(trained, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["total_timesteps"] = 192  # as if the original run had been asked for more and was killed at 128
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert train.main(["--resume", str(run), "--no-progress"]) == 0
+    steps = [t for t, _, _ in curve(run)]
+    assert steps == [64, 128, 192]
+
+
+def test_agent_is_a_schedule_and_plugs_into_generate(trained, tmp_path):
+    g = load_embedded_generator()
+    agent = load_agent_schedule(trained, g)
+    img, state = g.generate(["a large red solid circle in the centre on a plain gray background"], [0], schedule=agent)
+    first = json.loads((trained / "config.json").read_text())["observation_layout"]["first_controllable_scale"]
+    assert [r.ratio for r in state.reports][:first] == [0.0] * first
+    # the seed's hook: same answers when bound to a live generation
+    st = g.start(["a large red solid circle in the centre on a plain gray background"], [0])
+    agent.bind(st)
+    while not st.finished:
+        g.step(st, agent.get_pruning_ratio(st.scale_index, st.num_scales))
+    assert torch.equal(g.decode(st), img)
+    out = tmp_path / "res"
+    assert generate.main(["--prompt", "a small blue dotted star at the top left on a plain white background", "--name", "s",
+                          "--agent", str(trained), "--out", str(out)]) == 0
+    rec = json.loads((out / "gen_images_s" / "config.json").read_text())["images"][0]
+    assert rec["ratios"][:first] == [0.0] * first and rec["latency_s"] > 0 and 0 < rec["flops_fraction"] <= 1
+
+
+def test_broken_runs_are_clear_errors(trained, tmp_path):
+    g = load_embedded_generator()
+    with pytest.raises(RunError, match="does not exist"):
+        load_agent_schedule(tmp_path / "nothing", g)
+    run = tmp_path / "corrupt"
+    shutil.copytree(trained, run)
+    (run / "best_model.zip").write_bytes(b"not a zip")
+    with pytest.raises(RunError, match="best_model.zip"):
+        load_agent_schedule(run, g)
+    (run / "config.json").write_text("{")
+    with pytest.raises(RunError, match="not valid JSON"):
+        load_agent_schedule(run, g)
+    other = tmp_path / "other_layout"
+    shutil.copytree(trained, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["observation_layout"]["scale_widths"] = [1, 2, 4, 8, 16]
+    cfg["observation_layout"]["num_scales"] = 5
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RunError, match="does not fit this generator"):
+        load_agent_schedule(other, g)
+    assert train.main(["--resume", str(tmp_path / "nothing"), "--no-progress"]) == 2
