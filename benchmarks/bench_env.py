@@ -35,7 +35,8 @@ class TimedReward:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--episodes", type=int, default=30)
+    ap.add_argument("--episodes", type=int, default=30, help="distinct prompts")
+    ap.add_argument("--rounds", type=int, default=3, help="passes over the prompts")
     args = ap.parse_args(argv)
     from envs.config import EnvConfig
     from envs.var_prune import VarPruneEnv
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     timer = TimedReward(env.reward_fn)
     env.reward_fn = timer
     t_env, t_gen, t_rew = [], [], []
-    for p in prompts:
+
+    def env_episode(p: str) -> None:
         before = timer.seconds
         t = time.perf_counter()
         env.reset(options={"prompt": p, "seed": 0})
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             env.step(a)
         t_env.append(time.perf_counter() - t)
         t_rew.append(timer.seconds - before)
+
+    def direct(p: str) -> None:
         t = time.perf_counter()
         with torch.no_grad():
             st = g.start([p], [0])
@@ -69,12 +73,18 @@ def main(argv: list[str] | None = None) -> int:
                 g.step(st, ratios[st.scale_index])
             g.decode(st)
         t_gen.append(time.perf_counter() - t)
-    env_ms = 1000 * statistics.median([e - r for e, r in zip(t_env, t_rew)])
-    gen_ms = 1000 * statistics.median(t_gen)
-    rew_ms = 1000 * statistics.median(t_rew)
-    print(f"episodes {len(prompts)} (FastVAR schedule, batch 1, torch threads {torch.get_num_threads()})")
-    print(f"generator directly           {gen_ms:8.2f} ms / image")
-    print(f"env episode minus reward     {env_ms:8.2f} ms / episode")
+
+    for rep in range(args.rounds):
+        for i, p in enumerate(prompts):  # alternate which path runs first, so neither gets the warm caches
+            first, second = (env_episode, direct) if (i + rep) % 2 == 0 else (direct, env_episode)
+            first(p)
+            second(p)
+    env_ms = 1000 * (sum(t_env) - sum(t_rew)) / len(t_env)
+    gen_ms = 1000 * sum(t_gen) / len(t_gen)
+    rew_ms = 1000 * sum(t_rew) / len(t_rew)
+    print(f"episodes {len(t_env)} (FastVAR schedule, batch 1, torch threads {torch.get_num_threads()})")
+    print(f"generator directly           {gen_ms:8.2f} ms / image (mean)")
+    print(f"env episode minus reward     {env_ms:8.2f} ms / episode (mean)")
     print(f"env overhead (excl. reward)  {100 * (env_ms / gen_ms - 1):+8.1f} %")
     print(f"reward (CLIP+SSIM+PSNR)      {rew_ms:8.2f} ms / episode = {rew_ms / gen_ms:.2f} x generation")
     return 0

@@ -35,6 +35,7 @@ class ObservationBuilder:
             dim = clip.embedding_dim
             self._proj = (rng.standard_normal((dim, prompt_embedding_dim)) / math.sqrt(prompt_embedding_dim)).astype(np.float32)
         self._prompt_cache: dict[str, np.ndarray] = {}
+        self._pools: dict = {}
 
     @property
     def dim(self) -> int:
@@ -52,23 +53,34 @@ class ObservationBuilder:
         """Ratios already applied on the controllable scales, read from the state's reports."""
         return [r.ratio for r in state.reports[self.first_controllable:]]
 
+    def _pool_matrix(self, side_hw: tuple[int, int], map_hw: tuple[int, int]) -> np.ndarray:
+        """(L, h*w) matrix equal to adaptive average pooling of an (h, w) map to ``side_hw`` (cached)."""
+        key = (side_hw, map_hw)
+        if key not in self._pools:
+            n = map_hw[0] * map_hw[1]
+            eye = torch.eye(n, dtype=torch.float64).reshape(n, 1, *map_hw)
+            self._pools[key] = F.adaptive_avg_pool2d(eye, side_hw).reshape(n, -1).t().numpy()
+        return self._pools[key]
+
     def content_features(self, state) -> np.ndarray:
+        """FastVAR's token-deviation statistics, spectral and entropy features (NumPy: tiny maps)."""
         from generator.spectral import high_frequency_energy_batch
 
-        codes = self.generator.accumulated_codes(state)[:1].float()
+        codes = self.generator.accumulated_codes(state)[:1].detach().cpu().numpy().astype(np.float64)  # (1, C, h, w)
         k = min(state.scale_index, state.num_scales - 1)
         side = self.generator.scale_sides[k]
         hw = (side, side) if isinstance(side, int) else tuple(side)
-        x = F.adaptive_avg_pool2d(codes, hw).flatten(2)[0].t()  # (L, C): the tokens fed at this scale
-        dev = (x - x.mean(0, keepdim=True)).pow(2).sum(-1)
-        mean = float(dev.mean())
-        cv = float(dev.std(unbiased=False) / (dev.mean() + 1e-8)) if dev.numel() > 1 else 0.0
-        q = max(1, dev.numel() // 4)
-        top = float(dev.topk(q).values.sum() / (dev.sum() + 1e-8))
+        c, h, w = codes.shape[1:]
+        x = self._pool_matrix(hw, (h, w)) @ codes[0].reshape(c, h * w).T  # (L, C): the tokens fed at this scale
+        dev = ((x - x.mean(0, keepdims=True)) ** 2).sum(-1)
+        q = max(1, dev.size // 4)
+        mean, total = float(dev.mean()), float(dev.sum())
+        cv = float(dev.std()) / (mean + 1e-8) if dev.size > 1 else 0.0
+        top = float(np.sort(dev)[-q:].sum()) / (total + 1e-8)
         hf = float(high_frequency_energy_batch(codes)[0])
         ent = state.last_entropy_B
         ent = 0.0 if ent is None else float(ent[0]) / self.generator.max_entropy
-        mag = float(codes.abs().mean())
+        mag = float(np.abs(codes).mean())
         return np.asarray([math.log1p(mean), cv, top, hf, ent, math.log1p(mag)], np.float32)
 
     def observe(self, state) -> np.ndarray:
@@ -80,7 +92,7 @@ class ObservationBuilder:
         prev = [-1.0] * self.controllable
         chosen = self.chosen_ratios(state)
         prev[: len(chosen)] = chosen
-        with torch.no_grad():
-            content = self.content_features(state)
+        # after the last scale there is no next token map to describe, and no agent acts on this observation
+        content = np.zeros(N_CONTENT_FEATURES, np.float32) if state.finished else self.content_features(state)
         return np.concatenate([np.asarray(base + prev, np.float32), content,
                                self.prompt_features(state.prompts[0])]).astype(np.float32)

@@ -51,6 +51,9 @@ class VarPruneEnv(gym.Env):
     | 3+C+5 | log1p of the mean absolute accumulated code value |
     | 3+C+6 .. | fixed random projection of the prompt's CLIP text embedding (E values) |
 
+    Entries 3+C .. 3+C+5 describe the token map about to run; in the observation returned with
+    ``terminated=True`` they are 0 (there is no next scale, and no agent acts on that observation).
+
     ## Rewards
     Every step: ``flops_weight * (FLOPs saved at this scale vs the unpruned image) / FLOPs(unpruned
     image)``. After the last scale, the terminal quality terms of ``rewards.RewardFunction``:
