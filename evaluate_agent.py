@@ -15,7 +15,6 @@ to results/eval_<run>); the Markdown table is also printed. See README "Evaluati
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,11 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the latest run under runs/")
     c.add_argument("--runs-dir", type=Path, default=Path("runs"))
     c.add_argument("--prompts", default="test", help="prompt split or file for the comparison")
-    c.add_argument("--num-prompts", type=int, default=40)
-    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    c.add_argument("--num-prompts", type=int, default=100)
+    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     c.add_argument("--search-prompts", default="val", help="prompts the best static schedule is searched on")
     c.add_argument("--search-num-prompts", type=int, default=24)
-    c.add_argument("--search-evals", type=int, default=60, help="CMA-ES evaluations for the best static schedule (0 = skip)")
+    c.add_argument("--search-evals", type=int, default=100, help="CMA-ES evaluations for the best static schedule (0 = skip)")
     c.add_argument("--grid-prompts", type=int, default=6)
     c.add_argument("--out", type=Path, default=None)
     f = ap.add_argument_group("folder mode")
@@ -119,7 +118,6 @@ def compare_mode(args, suite) -> int:
     from evaluation.report import image_grid, markdown_table, pareto_plot, write_csv
     from evaluation.static_search import StaticScheduleSearch, random_schedule_at
     from generator.domain import load_prompts
-    from generator.embedded import DEFAULT_CFG_SCALE
     from generator.schedules import FastVARSchedule, OriginalSchedule, RatioListSchedule, TailPatternSchedule
     from rewards import RewardFunction
 

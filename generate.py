@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             records.append({
                 "file": f"{j + 1}.jpg", "seed": seed, "ratios": ratios,
                 "pruning_scales": ",".join(f"{w}:{r:g}" for w, r in zip(widths, ratios) if r > 0),
-                "scales": [r.to_dict() for r in state.reports], "flops": state.flops_used,
+                "scales": [{"scale": r.scale_index, **r.to_dict()} for r in state.reports], "flops_total": state.flops_used,
                 "flops_fraction": state.flops_used / flops_full, "latency_s": latency})
             print(f"{name} #{j + 1}: {state.flops_used / flops_full:.3f} of full FLOPs, {latency * 1000:.1f} ms, "
                   f"ratios {[round(r, 3) for r in ratios]}")

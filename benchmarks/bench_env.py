@@ -11,7 +11,6 @@ References are pre-generated (cached), as they are after the first epoch of trai
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch

@@ -11,7 +11,6 @@ captions of the same set (chance = 1/32).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -91,29 +90,11 @@ def measure(num_prompts: int = 100, num_real: int = 512, latency_repeats: int = 
 
 def save_grid(images: dict, path: Path, rows: int = 8) -> None:
     """Rows = test prompts (labelled), columns = unpruned / FastVAR / heavy skip."""
-    import matplotlib
+    from evaluation.report import image_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    prompts = images["prompts"][:rows]
-    cols = [("unpruned", "generated"), ("FastVAR", "fastvar"), ("skip after middle", "heavy_skip")]
-    fig, axes = plt.subplots(len(prompts), len(cols), figsize=(2.0 * len(cols) + 4.6, 2.0 * len(prompts)), squeeze=False)
-    for r, p in enumerate(prompts):
-        for c, (title, key) in enumerate(cols):
-            ax = axes[r][c]
-            ax.imshow(_to_uint8(images[key][r:r + 1])[0])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=9)
-        import textwrap
-
-        axes[r][-1].text(1.05, 0.5, textwrap.fill(p, 44), transform=axes[r][-1].transAxes, fontsize=7, va="center")
-    fig.tight_layout()
+    cols = {"unpruned": "generated", "FastVAR": "fastvar", "skip after middle": "heavy_skip"}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    image_grid({title: list(images[key][:rows]) for title, key in cols.items()}, images["prompts"][:rows], path)
 
 
 def main(argv: list[str] | None = None) -> int:

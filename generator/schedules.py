@@ -8,7 +8,7 @@ loop cannot tell a hand-made schedule from a trained agent (``agents.AgentSchedu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 

@@ -123,3 +123,32 @@ class ImagePool:
         """(uint8 images (n, H, W, 3) on the device, pool indices (n,) on the CPU)."""
         idx = torch.randint(len(self.captions), (n,), generator=self.gen)
         return self.images[idx.to(self.images.device)], idx
+
+
+def add_training_args(ap, *, steps: int, batch_size: int, lr: float, workers: int, out: Path, ckpt_dir: Path) -> None:
+    """The options every weight-training script shares (defaults differ per model)."""
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--device", default="auto", help="auto = CUDA if available, else CPU")
+    ap.add_argument("--workers", type=int, default=workers, help="data-rendering processes (0 = in the main process)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=out, help="where the final float16 safetensors go")
+    ap.add_argument("--ckpt-dir", type=Path, default=ckpt_dir)
+    ap.add_argument("--ckpt-every", type=int, default=500)
+    ap.add_argument("--resume", action="store_true", help="continue from CKPT_DIR/last.pt")
+    ap.add_argument("--pool", type=Path, default=None, help="sample batches from a pre-rendered pool (scripts/render_pool.py)")
+    ap.add_argument("--init", type=Path, default=None, help="start from these safetensors weights (fine-tuning)")
+    ap.add_argument("--time-budget-s", type=float, default=None,
+                    help="stop (and save) after this many seconds; the LR schedule decays by then")
+
+
+def checkpoint_and_check_time(step: int, args, t0: float, payload) -> bool:
+    """Save CKPT_DIR/last.pt when due (every --ckpt-every steps, at the last step, or out of time);
+    True when the time budget is spent and training should stop. ``payload()`` builds the checkpoint."""
+    out_of_time = elapsed_fraction(t0, args.time_budget_s) >= 1.0
+    if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time:
+        save_checkpoint(args.ckpt_dir / "last.pt", {**payload(), "step": step + 1})
+    if out_of_time:
+        print(f"time budget reached at step {step + 1}")
+    return out_of_time

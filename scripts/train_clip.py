@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -23,26 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from generator.clip_model import (EMBEDDED_CLIP_WEIGHTS, clip_retrieval_r1, create_embedded_clip,  # noqa: E402
                                   images_to_clip_input)
 from generator.domain import sample_batch  # noqa: E402
-from generator.training import (ImagePool, cosine_lr, domain_loader, elapsed_fraction, load_checkpoint,  # noqa: E402
-                                pick_device, save_checkpoint, to_float_images)
+from generator.training import (add_training_args, checkpoint_and_check_time, ImagePool, cosine_lr, domain_loader, elapsed_fraction, load_checkpoint,  # noqa: E402
+                                pick_device, to_float_images)
 from generator.weights_io import load_module, save_module  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6000)
-    ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=EMBEDDED_CLIP_WEIGHTS)
-    ap.add_argument("--ckpt-dir", type=Path, default=Path("checkpoints/clip"))
-    ap.add_argument("--ckpt-every", type=int, default=500)
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--pool", type=Path, default=None)
-    ap.add_argument("--init", type=Path, default=None)
-    ap.add_argument("--time-budget-s", type=float, default=None)
+    add_training_args(ap, steps=6000, batch_size=512, lr=1e-3, workers=4, out=EMBEDDED_CLIP_WEIGHTS,
+                      ckpt_dir=Path("checkpoints/clip"))
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -93,11 +81,7 @@ def main(argv: list[str] | None = None) -> None:
             model.logit_scale.clamp_(0, 4.6052)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
-        out_of_time = elapsed_fraction(t0, args.time_budget_s) >= 1.0
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time:
-            save_checkpoint(args.ckpt_dir / "last.pt", {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})
-        if out_of_time:
-            print(f"time budget reached at step {step + 1}")
+        if checkpoint_and_check_time(step, args, t0, lambda: {"model": model.state_dict(), "opt": opt.state_dict()}):
             break
     model.eval()
     imgs, caps = sample_batch(424_242, 1024)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from generator.config import TransformerConfig  # noqa: E402
 from generator.embedded import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_tokenizer  # noqa: E402
 from generator.text import tokenize  # noqa: E402
-from generator.training import (ImagePool, cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device, save_checkpoint,  # noqa: E402
+from generator.training import (add_training_args, checkpoint_and_check_time, ImagePool, cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device,  # noqa: E402
                                 to_float_images)
 from generator.transformer import NextScaleTransformer  # noqa: E402
 from generator.weights_io import load_module, save_module  # noqa: E402
@@ -32,22 +32,10 @@ from generator.weights_io import load_module, save_module  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=8000)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    add_training_args(ap, steps=8000, batch_size=256, lr=1e-3, workers=6, out=GENERATOR_WEIGHTS,
+                      ckpt_dir=Path("checkpoints/generator"))
     ap.add_argument("--cfg-dropout", type=float, default=0.1)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workers", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokenizer", type=Path, default=TOKENIZER_WEIGHTS)
-    ap.add_argument("--out", type=Path, default=GENERATOR_WEIGHTS)
-    ap.add_argument("--ckpt-dir", type=Path, default=Path("checkpoints/generator"))
-    ap.add_argument("--ckpt-every", type=int, default=500)
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--pool", type=Path, default=None, help="sample batches from a pre-rendered pool (scripts/render_pool.py)")
-    ap.add_argument("--init", type=Path, default=None, help="start from these safetensors weights (fine-tuning)")
-    ap.add_argument("--time-budget-s", type=float, default=None,
-                    help="stop (and save) after this many seconds; the LR schedule decays by then")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -109,11 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                 last = cfg.scales[-1] ** 2
                 acc_last = (logits[:, -last:].argmax(-1) == target[:, -last:]).float().mean()
             bar.set_postfix(loss=f"{loss.item():.3f}", acc_last=f"{acc_last.item():.3f}")
-        out_of_time = elapsed_fraction(t0, args.time_budget_s) >= 1.0
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time:
-            save_checkpoint(args.ckpt_dir / "last.pt", {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})
-        if out_of_time:
-            print(f"time budget reached at step {step + 1}")
+        if checkpoint_and_check_time(step, args, t0, lambda: {"model": model.state_dict(), "opt": opt.state_dict()}):
             break
     save_module(model, args.out, {"transformer": cfg.to_dict(), "steps": step + 1, "final_loss": loss.item()})
     print(f"final loss {loss.item():.3f}; wrote {args.out} ({time.time() - t0:.0f}s)")

@@ -23,8 +23,8 @@ from generator.config import TokenizerConfig  # noqa: E402
 from generator.domain import sample_batch  # noqa: E402
 from generator.embedded import TOKENIZER_WEIGHTS  # noqa: E402
 from generator.tokenizer import MultiScaleVQTokenizer  # noqa: E402
-from generator.training import (ImagePool, cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device, psnr_db,  # noqa: E402
-                                save_checkpoint, to_float_images)
+from generator.training import (add_training_args, checkpoint_and_check_time, ImagePool, cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device, psnr_db,  # noqa: E402
+                                to_float_images)
 from generator.weights_io import load_module, save_module  # noqa: E402
 
 
@@ -58,21 +58,9 @@ def evaluate(tok: MultiScaleVQTokenizer, device: torch.device, n: int = 512) -> 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6000)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=TOKENIZER_WEIGHTS)
-    ap.add_argument("--ckpt-dir", type=Path, default=Path("checkpoints/tokenizer"))
-    ap.add_argument("--ckpt-every", type=int, default=500)
+    add_training_args(ap, steps=6000, batch_size=128, lr=4e-4, workers=4, out=TOKENIZER_WEIGHTS,
+                      ckpt_dir=Path("checkpoints/tokenizer"))
     ap.add_argument("--restart-every", type=int, default=200)
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--pool", type=Path, default=None, help="sample batches from a pre-rendered pool (scripts/render_pool.py)")
-    ap.add_argument("--init", type=Path, default=None, help="start from these safetensors weights (fine-tuning)")
-    ap.add_argument("--time-budget-s", type=float, default=None,
-                    help="stop (and save) after this many seconds; the LR schedule decays by then")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -120,11 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         if step % 50 == 0:
             psnr = float(psnr_db((rec.detach() * 0.5 + 0.5).clamp(0, 1), x).mean())
             bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}")
-        out_of_time = elapsed_fraction(t0, args.time_budget_s) >= 1.0
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time:
-            save_checkpoint(args.ckpt_dir / "last.pt", {"model": tok.state_dict(), "opt": opt.state_dict(), "step": step + 1})
-        if out_of_time:
-            print(f"time budget reached at step {step + 1}")
+        if checkpoint_and_check_time(step, args, t0, lambda: {"model": tok.state_dict(), "opt": opt.state_dict()}):
             break
     psnr = evaluate(tok, device)
     save_module(tok, args.out, {"tokenizer": cfg.to_dict(), "psnr_db": psnr, "steps": step + 1})

@@ -28,6 +28,8 @@ def test_writes_the_seed_layout_and_merges_config_all(tmp_path):
     assert rec["ratios"] == [0.0, 0.0, 0.0, 0.4, 0.5, 1.0, 1.0]
     assert rec["pruning_scales"] == "4:0.4,5:0.5,6:1,8:1"
     assert 0.3 < rec["flops_fraction"] < 0.4 and rec["latency_s"] > 0
+    assert rec["flops_total"] == pytest.approx(rec["flops_fraction"] * cfg["flops_full"])
+    assert set(rec["scales"][0]) >= {"scale", "width", "ratio", "tokens", "kept", "skipped", "flops"}
     assert [s["skipped"] for s in rec["scales"]] == [False] * 5 + [True] * 2
     star = json.loads((out / "gen_images_star" / "config.json").read_text())
     assert [i["seed"] for i in star["images"]] == [0, 1]
