@@ -115,6 +115,8 @@ def paired(a: list[float], b: list[float]) -> dict:
 
     d = np.asarray([x - y for x, y in pairs])
     mean, half, n = mean_ci(d.tolist())
-    p_t = float(stats.ttest_rel([x for x, _ in pairs], [y for _, y in pairs]).pvalue) if d.std() > 0 else float("nan")
+    # a (numerically) constant difference has no t statistic: report NaN rather than scipy's precision warning
+    varies = d.std() > 1e-9 * max(1.0, float(np.abs(d).max()))
+    p_t = float(stats.ttest_rel([x for x, _ in pairs], [y for _, y in pairs]).pvalue) if varies else float("nan")
     p_w = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else float("nan")
     return {"n": n, "mean_diff": mean, "ci95": half, "p_ttest": p_t, "p_wilcoxon": p_w, "wins": int((d > 0).sum())}

@@ -96,3 +96,41 @@ def test_broken_runs_are_clear_errors(trained, tmp_path):
     with pytest.raises(RunError, match="does not fit this generator"):
         load_agent_schedule(other, g)
     assert train.main(["--resume", str(tmp_path / "nothing"), "--no-progress"]) == 2
+
+
+@pytest.mark.parametrize("algo", ["a2c", "sac", "td3", "ddpg", "dqn"])
+def test_every_algorithm_trains_evaluates_and_plugs_in(algo, tmp_path):
+    """Each YAML builds, learns for a few steps (replay-buffer algorithms past learning_starts), and the
+    resulting run drives generation (dqn through the discrete ratio grid)."""
+    hp = ["--hp", "learning_starts=16", "--hp", "batch_size=16"] if algo in ("sac", "td3", "ddpg", "dqn") else ["--hp", "n_steps=8"]
+    assert train.main(["--algo", algo, "--total-timesteps", "48", "--eval-freq", "48", "--checkpoint-freq", "48",
+                       "--eval-episodes", "2", "--no-progress", "--out", str(tmp_path), "--name", algo] + hp) == 0
+    run = tmp_path / algo
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["env"]["action_mode"] == ("discrete" if algo == "dqn" else "continuous")
+    if algo in ("sac", "td3", "ddpg", "dqn"):
+        assert (run / "checkpoints" / "replay_48_steps.pkl").is_file()  # resumable with its replay buffer
+    g = load_embedded_generator()
+    _, state = g.generate(["a medium green striped cross on the left on a plain black background"], [1],
+                          schedule=load_agent_schedule(run, g, which="final"))
+    assert state.finished and all(0.0 <= r.ratio <= 1.0 for r in state.reports)
+
+
+def test_evaluate_agent_compare_mode_on_a_run(trained, tmp_path, capsys):
+    import evaluate_agent
+
+    out = tmp_path / "ev"
+    assert evaluate_agent.main(["--run", str(trained), "--num-prompts", "3", "--seeds", "0", "--search-evals", "6",
+                                "--search-num-prompts", "2", "--grid-prompts", "2", "--out", str(out),
+                                "--json", str(tmp_path / "s.json")]) == 0
+    table = capsys.readouterr().out
+    for method in ("original", "fastvar", "tail", f"rl:{trained.name}", "best_static", "random"):
+        assert f"| {method} |" in table
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["num_images"] == 3 and f"rl:{trained.name} vs fastvar" in summary["paired"]
+    rl = summary["methods"][f"rl:{trained.name}"]["metrics"]["flops_fraction"]["mean"]
+    assert summary["methods"]["random"]["metrics"]["flops_fraction"]["mean"] == pytest.approx(rl, abs=0.03)
+    assert summary["static_search"][trained.name]["flops_fraction"] <= rl + 1e-9
+    for f in ("table.md", "per_image.csv", "summary.json", "pareto.png", "grid.png"):
+        assert (out / f).is_file(), f
+    assert evaluate_agent.main(["--run", str(tmp_path / "nope")]) == 2
