@@ -16,6 +16,21 @@ import time
 import torch
 
 
+class Timed:
+    """Wraps one method of an object and accumulates its wall time (instrumentation, not a stand-in)."""
+
+    def __init__(self, obj, name: str) -> None:
+        self.seconds, inner = 0.0, getattr(obj, name)
+
+        def timed(*a, **kw):
+            t = time.perf_counter()
+            out = inner(*a, **kw)
+            self.seconds += time.perf_counter() - t
+            return out
+
+        setattr(obj, name, timed)
+
+
 class TimedReward:
     """Delegates to the env's RewardFunction and accumulates the wall time of terminal()."""
 
@@ -53,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             env.step(a)
     timer = TimedReward(env.reward_fn)
     env.reward_fn = timer
+    obs_timer = Timed(env.observer, "observe")
     t_env, t_gen, t_rew = [], [], []
 
     def env_episode(p: str) -> None:
@@ -81,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     env_ms = 1000 * (sum(t_env) - sum(t_rew)) / len(t_env)
     gen_ms = 1000 * sum(t_gen) / len(t_gen)
     rew_ms = 1000 * sum(t_rew) / len(t_rew)
+    obs_ms = 1000 * obs_timer.seconds / len(t_env)
     print(f"episodes {len(t_env)} (FastVAR schedule, batch 1, torch threads {torch.get_num_threads()})")
     print(f"generator directly           {gen_ms:8.2f} ms / image (mean)")
     print(f"env episode minus reward     {env_ms:8.2f} ms / episode (mean)")
     print(f"env overhead (excl. reward)  {100 * (env_ms / gen_ms - 1):+8.1f} %")
+    print(f"  of which observations      {obs_ms:8.2f} ms / episode ({100 * obs_ms / gen_ms:.1f} % of generation)")
     print(f"reward (CLIP+SSIM+PSNR)      {rew_ms:8.2f} ms / episode = {rew_ms / gen_ms:.2f} x generation")
     return 0
 

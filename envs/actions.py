@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from gymnasium import spaces
 
@@ -23,15 +25,15 @@ class ActionMapper:
         """Validate an action (no silent clipping) and map it to (ratio, drop_unconditional)."""
         cfg = self.config
         if cfg.action_mode == "continuous":
-            a = np.asarray(action, dtype=np.float64).reshape(-1)
-            if a.shape != self.space.shape:
-                raise ValueError(f"action must have shape {self.space.shape}, got {a.shape}")
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"action must be finite, got {a.tolist()}")
-            if np.any(np.abs(a) > 1.0 + 1e-6):
-                raise ValueError(f"action must lie in [-1, 1] (Box action space), got {a.tolist()}")
+            a = np.asarray(action, dtype=np.float64).reshape(-1).tolist()  # Python floats: cheaper per step
+            if len(a) != self.space.shape[0]:
+                raise ValueError(f"action must have shape {self.space.shape}, got ({len(a)},)")
+            if not all(math.isfinite(v) for v in a):
+                raise ValueError(f"action must be finite, got {a}")
+            if any(abs(v) > 1.0 + 1e-6 for v in a):
+                raise ValueError(f"action must lie in [-1, 1] (Box action space), got {a}")
             # rounding makes ratio -> action -> ratio exact for fixed schedules run through the env
-            ratio = round(float(np.clip((a[0] + 1.0) / 2.0, 0.0, 1.0)), 6)
+            ratio = round(min(max((a[0] + 1.0) / 2.0, 0.0), 1.0), 6)
             if ratio >= cfg.skip_threshold:
                 ratio = 1.0
             return ratio, bool(cfg.allow_drop_unconditional and a[1] > 0)
