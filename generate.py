@@ -146,13 +146,10 @@ class IntermediateWriter:
             save_image(summed[0], self.out / "summed_codes" / name)
             save_image(residual[0], self.out / "rescale_codes" / name)
         if self.dft:
-            tok = self.g.tokenizer
-            idx = state.codes[scale_index][:1]
-            latent_residual = tok.scale_contribution(idx)
-            unscaled = tok.codebook(idx).permute(0, 3, 1, 2)
+            latent_residual, unscaled = self.g.scale_latents(state, scale_index)
             spectra = {"fourier_pixel_summed": summed[:1], "fourier_pixel_residual": residual[:1],
-                       "fourier_latent_summed": state.f_hat_BChw[:1], "fourier_latent_residual": latent_residual,
-                       "fourier_latent_unscaled": unscaled}
+                       "fourier_latent_summed": self.g.accumulated_codes(state)[:1], "fourier_latent_residual": latent_residual[:1],
+                       "fourier_latent_unscaled": unscaled[:1]}
             for folder, x in spectra.items():
                 save_npy(log_magnitude_spectrum(x)[0].cpu().numpy(), self.out / folder / f"scale_{scale_index}{self.suffix}.npy")
 

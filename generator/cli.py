@@ -21,7 +21,7 @@ def add_generator_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0, help="0 = sample from all codes")
     g.add_argument("--infinity-options", type=Path, default=None, help="JSON file of Infinity backend options")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default=None, help="torch device (default: cpu for tiny; the options file's for infinity)")
 
 
 def parse_interval(text: str | None) -> tuple[int | None, int | None]:
@@ -39,17 +39,26 @@ def parse_interval(text: str | None) -> tuple[int | None, int | None]:
 
 def build_generator(args, cfg_default: float = DEFAULT_CFG_SCALE):
     """The generator the options describe (raises ValueError / WeightsError with clear messages)."""
+    if args.generator == "infinity":
+        from generator.infinity_backend import make_infinity_generator
+
+        if args.infinity_options is None:
+            raise ValueError("--generator infinity needs --infinity-options FILE (JSON of InfinityOptions; see README)")
+        if not Path(args.infinity_options).is_file():
+            raise FileNotFoundError(f"--infinity-options file {args.infinity_options} does not exist")
+        opts = json.loads(Path(args.infinity_options).read_text())
+        # command-line values override the options file only where they were given
+        if args.cfg is not None:
+            opts["cfg"] = args.cfg
+        if args.device is not None:
+            opts["device"] = args.device
+        return make_infinity_generator(**opts)
     cfg = cfg_default if args.cfg is None else args.cfg
     if not cfg >= 1.0:
         raise ValueError(f"--cfg must be >= 1 (1 = no guidance), got {cfg}")
     first, last = parse_interval(args.cfg_scales)
     guidance = guidance_from_cfg(cfg, first, last)
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k)
-    if args.generator == "tiny":
-        from generator.embedded import load_embedded_generator
+    from generator.embedded import load_embedded_generator
 
-        return load_embedded_generator(guidance=guidance, sampling=sampling, device=args.device)
-    from generator.infinity_backend import make_infinity_generator
-
-    opts = json.loads(Path(args.infinity_options).read_text()) if args.infinity_options else {}
-    return make_infinity_generator(**{"cfg": cfg, "device": args.device, **opts})
+    return load_embedded_generator(guidance=guidance, sampling=sampling, device=args.device or "cpu")

@@ -300,6 +300,15 @@ class NextScaleGenerator:
         return self.tokenizer.decode(self.tokenizer.scale_contribution(idx))
 
     @torch.no_grad()
+    def scale_latents(self, state: GenerationState, scale_index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Scale k's codes in latent space: (contribution at latent resolution (B, C, h, w), the code
+        vectors at the scale's own resolution (B, C, p, p)); None if the scale was skipped."""
+        idx = state.codes[scale_index]
+        if idx is None:
+            return None
+        return self.tokenizer.scale_contribution(idx), self.tokenizer.codebook(idx).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
     def generate(self, prompts: list[str] | str, seeds: list[int] | int, schedule=None,
                  ) -> tuple[torch.Tensor, GenerationState]:
         """Whole generation with a schedule (``generator.schedules``; None = unpruned)."""

@@ -1,0 +1,335 @@
+"""Infinity backend: the analytic FLOPs table (always), fail-fast option errors (always), and
+equivalence with upstream on CPU (only when INFINITY_SRC / FASTVAR_SRC point to checkouts).
+
+    INFINITY_SRC=/path/to/Infinity FASTVAR_SRC=/path/to/FastVAR python -m pytest -q tests/test_infinity_backend.py
+
+The equivalence tests build a tiny random-weights Infinity (6 blocks, width 64, 2 heads) with a tiny
+random T5 and the upstream BSQ VAE (random weights), and compare our scale-by-scale generation with
+upstream ``autoregressive_infer_cfg`` for the same seed. Upstream imports ``flash_attn``
+unconditionally: an SDPA-based stand-in for the two functions it calls is put in ``sys.modules``
+for these tests only.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import math
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from generator.infinity_backend import (
+    REQUIRED_MODULES, SQUARE_SIDES, InfinityGenerator, InfinityOptions, InfinityOptionsError, T5PromptEncoder,
+    flops_table, format_flops_table, main, make_infinity_generator, square_scale_schedule, upstream_scale_schedule,
+)
+from generator.schedules import FastVARSchedule, schedule_ratios
+
+INFINITY_SRC = os.environ.get("INFINITY_SRC")
+FASTVAR_SRC = os.environ.get("FASTVAR_SRC")
+needs_infinity = pytest.mark.skipif(not INFINITY_SRC, reason="set INFINITY_SRC to a FoundationVision/Infinity "
+                                    "checkout to run the equivalence tests against upstream")
+needs_fastvar = pytest.mark.skipif(not FASTVAR_SRC, reason="set FASTVAR_SRC to a csguoh/FastVAR checkout (repo root "
+                                   "or its Infinity/ folder) to run the equivalence test against FastVAR's fork")
+
+
+# ---- FLOPs model (no checkout, no checkpoint) -------------------------------------------------------
+
+def test_flops_table_infinity_2b_1m():
+    t = flops_table("infinity_2b", "1M")
+    assert [r["w"] for r in t["rows"]] == [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64]
+    assert t["tokens"] == 10_521 and len(t["rows"]) == 13
+    assert (t["depth"], t["width"], t["heads"], t["mlp_hidden"]) == (32, 2048, 16, 8192)
+    assert 0.60 <= t["last_two_share"] <= 0.70          # published: the last two scales ~60-70%
+    shares = [r["share"] for r in t["rows"]]
+    assert shares == sorted(shares) and math.isclose(sum(shares) + t["prefill_gflops"] / t["total_gflops"], 1.0)
+    # FastVAR's schedule (32:0.4, 40:0.5, skip 48 and 64) costs well under a third of the unpruned image
+    fv = flops_table("infinity_2b", "1M", ratios=schedule_ratios(FastVARSchedule(), 13))
+    assert 0.15 < fv["total_gflops"] / t["total_gflops"] < 0.30
+
+
+def test_flops_cli_runs_without_checkpoint(capsys):
+    assert main(["flops", "--model", "infinity_2b", "--pn", "1M"]) == 0
+    out = capsys.readouterr().out
+    assert "10,521 tokens" in out and "64x64" in out and "last two scales" in out
+    assert out.strip() == format_flops_table(flops_table("infinity_2b", "1M")).strip()
+
+
+# ---- fail-fast errors -------------------------------------------------------------------------------
+
+def _fake_checkout(root: Path) -> Path:
+    """Empty files at the module paths (structure check only; nothing is imported from them)."""
+    for m in REQUIRED_MODULES:
+        (root / m).parent.mkdir(parents=True, exist_ok=True)
+        (root / m).write_text("")
+    return root
+
+
+def test_missing_checkout_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("INFINITY_SRC", raising=False)
+    with pytest.raises(InfinityOptionsError, match="INFINITY_SRC"):
+        InfinityOptions(device="cpu").validate(require_checkpoints=False)
+    bad = tmp_path / "nowhere"
+    with pytest.raises(InfinityOptionsError, match=str(bad)):
+        InfinityOptions(src=str(bad), device="cpu").validate(require_checkpoints=False)
+
+
+def test_checkout_without_modules(tmp_path):
+    (tmp_path / "infinity" / "models").mkdir(parents=True)
+    with pytest.raises(InfinityOptionsError, match=r"not an Infinity checkout: missing infinity/models/infinity.py"):
+        InfinityOptions(src=str(tmp_path), device="cpu").validate(require_checkpoints=False)
+
+
+def test_missing_checkpoints_fail_before_any_load(tmp_path):
+    src = _fake_checkout(tmp_path / "Infinity")
+    model = tmp_path / "infinity_2b_reg.pth"
+    t0 = time.perf_counter()
+    with pytest.raises(InfinityOptionsError, match=str(model)):
+        make_infinity_generator(src=str(src), model_path=str(model), vae_path=str(model), device="cpu",
+                                text_encoder_ckpt=str(tmp_path))
+    model.write_bytes(b"")
+    vae = tmp_path / "vae.pth"
+    with pytest.raises(InfinityOptionsError, match=str(vae)):
+        make_infinity_generator(src=str(src), model_path=str(model), vae_path=str(vae), device="cpu",
+                                text_encoder_ckpt=str(tmp_path))
+    vae.write_bytes(b"")
+    with pytest.raises(InfinityOptionsError, match="no config.json"):
+        make_infinity_generator(src=str(src), model_path=str(model), vae_path=str(vae), device="cpu",
+                                text_encoder_ckpt=str(tmp_path))
+    with pytest.raises(InfinityOptionsError, match="unknown Infinity option"):
+        make_infinity_generator(src=str(src), model_pth=str(model))
+    # FastVAR's repo root is accepted: its Infinity/ folder is used
+    assert InfinityOptions(src=str(tmp_path), device="cpu").resolved_src() == src
+    assert time.perf_counter() - t0 < 2.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_gpu(tmp_path):
+    with pytest.raises(InfinityOptionsError, match="CUDA is not available"):
+        InfinityOptions(src=str(_fake_checkout(tmp_path)), device="cuda").validate(require_checkpoints=False)
+
+
+@pytest.mark.parametrize("bad, match", [({"pn": "2M"}, "unknown pn"), ({"model_type": "infinity_3b"}, "unknown model_type"),
+                                        ({"tau": 0}, "tau must be > 0"), ({"cfg_insertion_layer": 3}, "cfg_insertion_layer"),
+                                        ({"prune_layers": (5, 40)}, "prune_layers"), ({"vae_type": 31}, "vae_type")])
+def test_bad_option_values(tmp_path, bad, match):
+    with pytest.raises(InfinityOptionsError, match=match):
+        InfinityOptions.from_dict({"src": str(_fake_checkout(tmp_path)), "device": "cpu", **bad}).validate(False)
+
+
+# ---- equivalence with upstream (CPU, tiny random weights) -------------------------------------------
+
+def _flash_attn_stand_in() -> types.ModuleType:
+    """SDPA versions of the two flash_attn functions upstream calls (test scaffolding only)."""
+    m = types.ModuleType("flash_attn")
+    m.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None)
+
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, **kw):   # (B, L, H, c)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale)
+        return o.transpose(1, 2)
+
+    def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                        dropout_p=0.0, softmax_scale=None, **kw):   # q (Nq, H, c), kv (Nk, 2, H, c)
+        out = []
+        for i in range(len(cu_seqlens_q) - 1):
+            qi = q[int(cu_seqlens_q[i]):int(cu_seqlens_q[i + 1])].transpose(0, 1)
+            kvi = kv[int(cu_seqlens_k[i]):int(cu_seqlens_k[i + 1])]
+            o = F.scaled_dot_product_attention(qi, kvi[:, 0].transpose(0, 1), kvi[:, 1].transpose(0, 1), scale=softmax_scale)
+            out.append(o.transpose(0, 1))
+        return torch.cat(out, 0)
+
+    m.flash_attn_func, m.flash_attn_varlen_kvpacked_func = flash_attn_func, flash_attn_varlen_kvpacked_func
+    return m
+
+
+class CharTokenizer:
+    """Hugging Face-style call signature over characters (the tiny T5 has no vocabulary files)."""
+
+    def __call__(self, text, max_length, padding, truncation, return_tensors):
+        ids = torch.zeros(len(text), max_length, dtype=torch.long)
+        mask = torch.zeros(len(text), max_length, dtype=torch.long)
+        for i, t in enumerate(text):
+            codes = [2 + (ord(ch) % 60) for ch in t][: max_length - 1] + [1]
+            ids[i, :len(codes)] = torch.tensor(codes)
+            mask[i, :len(codes)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def _tiny_upstream(src: str, pn: str, monkeypatch):
+    """(upstream namespace, model, vae, text encoder, scale schedule) with random weights on CPU."""
+    from transformers import T5Config, T5EncoderModel
+
+    from generator.infinity_backend import import_upstream
+
+    monkeypatch.setitem(sys.modules, "flash_attn", _flash_attn_stand_in())
+    up = import_upstream(InfinityOptions(src=src).resolved_src())
+    # run_infinity builds with fused_norm=True (torch.compile'd); run its eager body on CPU
+    fn = up.infinity.fused_ada_layer_norm
+    monkeypatch.setattr(up.infinity, "fused_ada_layer_norm", getattr(fn, "_torchdynamo_orig_callable", fn))
+    vae_mod = __import__("infinity.models.bsq_vae.vae", fromlist=["vae_model"])
+    torch.manual_seed(0)
+    vae = vae_mod.vae_model({}, "dynamic", 32, 2 ** 32, patch_size=16, encoder_ch_mult=[1, 2, 4, 4, 4],
+                            decoder_ch_mult=[1, 2, 4, 4, 4], test_mode=True)
+    model = up.infinity.Infinity(
+        vae_local=vae, text_channels=128, text_maxlen=512, shared_aln=True, raw_scale_schedule=None,
+        checkpointing="full-block", customized_flash_attn=False, fused_norm=True, pad_to_multiplier=128,
+        use_flex_attn=False, add_lvl_embeding_only_first_block=1, use_bit_label=1, rope2d_each_sa_layer=1,
+        rope2d_normalized_by_hw=2, pn=pn, apply_spatial_patchify=0, inference_mode=True, train_h_div_w_list=[1.0],
+        depth=6, embed_dim=64, num_heads=2, mlp_ratio=4, block_chunks=2, drop_path_rate=0.0).eval()
+    model.requires_grad_(False)
+    t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=128, d_kv=32, d_ff=256, num_layers=1, num_heads=4)).eval()
+    enc = T5PromptEncoder(CharTokenizer(), t5)
+    sched = upstream_scale_schedule(up.dynamic_resolution, 1.0, pn)
+    return up, model, vae, enc, sched
+
+
+def _spy_codes(vae, monkeypatch) -> list:
+    """Record the bit labels upstream turns into codes (upstream returns only the image)."""
+    seen, orig = [], vae.quantizer.lfq.indices_to_codes
+
+    def spy(indices, *a, **kw):
+        seen.append(indices.detach().clone())
+        return orig(indices, *a, **kw)
+
+    monkeypatch.setattr(vae.quantizer.lfq, "indices_to_codes", spy)
+    return seen
+
+
+def _upstream_run(model, vae, enc, sched, prompt, seed, cfg, tau, insertion, ret_img):
+    n = len(sched)
+    return model.autoregressive_infer_cfg(
+        vae=vae, scale_schedule=sched, label_B_or_BLT=enc([prompt]), g_seed=seed, B=1,
+        negative_label_B_or_BLT=None, cfg_sc=3, cfg_list=[cfg] * n, tau_list=[tau] * n, top_k=900, top_p=0.97,
+        returns_vemb=1, ratio_Bl1=None, gumbel=0, norm_cfg=False, cfg_exp_k=0.0, cfg_insertion_layer=[insertion],
+        vae_type=32, softmax_merge_topk=-1, ret_img=ret_img, trunk_scale=1000, gt_leak=0, gt_ls_Bl=None,
+        inference_mode=True, sampling_per_bits=1)
+
+
+@needs_infinity
+def test_upstream_schedule_table_matches_fallback(monkeypatch):
+    from generator.infinity_backend import import_upstream
+
+    monkeypatch.setitem(sys.modules, "flash_attn", _flash_attn_stand_in())
+    up = import_upstream(InfinityOptions(src=INFINITY_SRC).resolved_src())
+    for pn in ("0.06M", "0.25M", "0.60M", "1M"):
+        assert upstream_scale_schedule(up.dynamic_resolution, 1.0, pn) == square_scale_schedule(pn)
+    assert [w for _, _, w in upstream_scale_schedule(up.dynamic_resolution, 1.0, "1M")] == list(SQUARE_SIDES)
+
+
+@needs_infinity
+@pytest.mark.parametrize("insertion, with_image", [(0, True), (-2, False)])
+def test_ratio_zero_matches_upstream(monkeypatch, insertion, with_image):
+    up, model, vae, enc, sched = _tiny_upstream(INFINITY_SRC, "0.06M", monkeypatch)
+    seen = _spy_codes(vae, monkeypatch)
+    prompt, seed, cfg, tau = "a red fox in the snow", 7, 3.0, 0.5
+    _, _, img_up = _upstream_run(model, vae, enc, sched, prompt, seed, cfg, tau, insertion, with_image)
+    codes_up = [s.squeeze(1) for s in seen]
+    seen.clear()
+
+    gen = InfinityGenerator(model, vae, enc, sched, InfinityOptions(
+        device="cpu", cfg=cfg, tau=tau, cfg_insertion_layer=insertion, rng="upstream", bf16=False), device="cpu")
+    state = gen.start([prompt], [seed])
+    while not state.finished:
+        rep = gen.step(state, 0.0)
+        assert rep.kept == rep.tokens and rep.unconditional
+    assert len(codes_up) == gen.num_scales
+    for k in range(gen.num_scales):
+        assert torch.equal(state.codes[k], codes_up[k]), f"codes differ at scale {k}"
+    if with_image:
+        ours = gen.decode(state, clamp=False)
+        ours_u8 = ours.permute(0, 2, 3, 1).mul_(255).to(torch.uint8).flip(dims=(3,))
+        assert torch.equal(ours_u8, img_up)
+        assert gen.decode(state).shape == (1, 3, 256, 256)
+
+
+@needs_fastvar
+def test_fastvar_schedule_matches_fastvar_fork(monkeypatch):
+    up, model, vae, enc, sched = _tiny_upstream(FASTVAR_SRC, "1M", monkeypatch)
+    assert "fastvar" in type(model.blocks[0] if hasattr(model, "blocks") else model.block_chunks[0].module[0]).__name__.lower()
+    seen = _spy_codes(vae, monkeypatch)
+    prompt, seed, cfg, tau = "a lighthouse at dusk", 3, 3.0, 0.5
+    _upstream_run(model, vae, enc, sched, prompt, seed, cfg, tau, 0, False)
+    codes_up = [s.squeeze(1) for s in seen]
+    seen.clear()
+
+    gen = InfinityGenerator(model, vae, enc, sched, InfinityOptions(
+        device="cpu", cfg=cfg, tau=tau, rng="upstream", bf16=False, prune_layers=(3, 28)), device="cpu")
+    ratios = schedule_ratios(FastVARSchedule(), gen.num_scales)
+    assert dict(zip(gen.scale_widths, ratios)) == {1: 0, 2: 0, 4: 0, 6: 0, 8: 0, 12: 0, 16: 0, 20: 0, 24: 0,
+                                                   32: 0.4, 40: 0.5, 48: 1.0, 64: 1.0}
+    state = gen.start([prompt], [seed])
+    for r in ratios:
+        gen.step(state, r)
+    ran = [k for k, r in enumerate(ratios) if r < 1]
+    assert len(codes_up) == len(ran) == 11
+    for k, c in zip(ran, codes_up):
+        assert torch.equal(state.codes[k], c), f"codes differ at scale {k} (width {gen.scale_widths[k]})"
+    assert state.codes[11] is None and state.codes[12] is None
+    assert [r.kept for r in state.reports[9:11]] == [1024 - 409, 1600 - 800]
+    # the accumulated codes (what the image is decoded from) equal FastVAR's summed codes
+    q = vae.quantizer
+    summed = 0
+    for c in codes_up:
+        summed = summed + F.interpolate(q.lfq.indices_to_codes(c.unsqueeze(1), label_type="bit_label"),
+                                        size=sched[-1], mode=q.z_interplote_up)
+    assert torch.equal(state.summed_codes, summed)
+    # and the FLOPs accounting agrees with the analytic model of the same schedule
+    assert math.isclose(state.flops_used / gen.flops_full(), gen.flops_fraction(ratios), rel_tol=1e-12)
+
+
+@needs_infinity
+def test_state_copy_drop_unconditional_and_flops(monkeypatch):
+    """Per-(seed, scale) RNG: a copied state continues exactly like the original, also through a scale
+    without the unconditional branch (per-branch KV), a pruned scale and a skipped one; the per-step
+    FLOPs add up to the analytic schedule FLOPs with the same branch flags."""
+    up, model, vae, enc, sched = _tiny_upstream(INFINITY_SRC, "0.06M", monkeypatch)
+    gen = InfinityGenerator(model, vae, enc, sched, InfinityOptions(device="cpu", cfg=3.0, tau=0.5, bf16=False),
+                            device="cpu")
+    ratios, drops = [0, 0, 0, 0, 0.5, 0.3, 1.0], [False, False, True, False, False, False, False]
+    a = gen.start(["a small boat"], [11])
+    for k in range(3):
+        gen.step(a, ratios[k], drop_unconditional=drops[k])
+    b = a.copy()
+    for st in (a, b):
+        for k in range(3, gen.num_scales):
+            gen.step(st, ratios[k], drop_unconditional=drops[k])
+    for k in range(gen.num_scales - 1):
+        assert torch.equal(a.codes[k], b.codes[k])
+    assert a.codes[-1] is None and a.reports[-1].skipped and not a.reports[2].unconditional
+    assert torch.equal(a.summed_codes, b.summed_codes)
+    flags = [not d for d in drops]
+    assert [r.flops for r in a.reports] == pytest.approx(gen.schedule_flops(ratios, flags), rel=1e-12)
+    assert a.reports[4].kept == 64 - 32 and a.reports[5].kept == 144 - 43
+    assert gen.accumulated_codes(a).shape == (1, 32, 16, 16) and 0 < float(a.last_entropy_B[0]) <= gen.max_entropy
+
+
+@needs_infinity
+def test_generate_writer_and_observation_work_on_the_infinity_backend(monkeypatch, tmp_path):
+    """The backend-neutral pieces (per-scale intermediates and DFT spectra of generate.py, the agent's
+    observation) run unchanged on an Infinity generator."""
+    import numpy as np
+
+    from envs.observation import ObservationBuilder
+    from generate import IntermediateWriter, run_one
+    from generator.schedules import RatioListSchedule
+
+    up, model, vae, enc, sched = _tiny_upstream(INFINITY_SRC, "0.06M", monkeypatch)
+    gen = InfinityGenerator(model, vae, enc, sched, InfinityOptions(device="cpu", cfg=3.0, tau=0.5, bf16=False),
+                            device="cpu")
+    writer = IntermediateWriter(gen, tmp_path, images=True, dft=True, image_number=1)
+    ratios = [0.0] * (gen.num_scales - 2) + [0.5, 1.0]
+    _, state, _ = run_one(gen, RatioListSchedule(tuple(ratios)), "a small boat", 3, writer)
+    n = gen.num_scales
+    assert len(list((tmp_path / "summed_codes").iterdir())) == n - 1  # the skipped last scale writes nothing
+    assert np.load(tmp_path / "fourier_latent_unscaled" / f"scale_{n - 2}.npy").shape == tuple(sched[n - 2][1:])
+    obs = ObservationBuilder(gen, first_controllable=n - 4, prompt_embedding_dim=0)
+    st = gen.start(["a small boat"], [3])
+    for _ in range(n - 4):
+        gen.step(st, 0.0)
+    o = obs.observe(st)
+    assert o.shape == (obs.dim,) and np.isfinite(o).all()
