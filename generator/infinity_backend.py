@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.pruning import tokens_kept
-from generator.sampler import StepReport, scale_seed, validate_ratio
+from generator.sampler import StateProgress, StepReport, scale_seed, validate_ratio
 
 # ---------------------------------------------------------------------------------------------------
 # Architecture table (tools/run_infinity.py, load_transformer) and scale schedules
@@ -454,7 +454,7 @@ class T5PromptEncoder:
 # ---------------------------------------------------------------------------------------------------
 
 @dataclass
-class InfinityState:
+class InfinityState(StateProgress):
     """Everything one batch generation carries between scales. Owned by the caller.
 
     rows of the two-branch tensors: cond = [0, B), uncond = [B, 2B). kv[layer] is a list of
@@ -478,18 +478,6 @@ class InfinityState:
     last_entropy_B: torch.Tensor | None = None
     reports: list[StepReport] = field(default_factory=list)
     flops_prefill: float = 0.0
-
-    @property
-    def finished(self) -> bool:
-        return self.scale_index >= self.num_scales
-
-    @property
-    def batch(self) -> int:
-        return len(self.prompts)
-
-    @property
-    def flops_used(self) -> float:
-        return self.flops_prefill + sum(r.flops for r in self.reports)
 
     @property
     def f_hat_BChw(self) -> torch.Tensor:

@@ -48,8 +48,26 @@ class StepReport:
         return asdict(self)
 
 
+class StateProgress:
+    """Progress properties shared by the generation states of every backend (needs ``num_scales``,
+    ``scale_index``, ``prompts``, ``reports`` and ``flops_prefill``)."""
+
+    @property
+    def finished(self) -> bool:
+        return self.scale_index >= self.num_scales
+
+    @property
+    def batch(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def flops_used(self) -> float:
+        """Per-image FLOPs so far, prefill included."""
+        return self.flops_prefill + sum(r.flops for r in self.reports)
+
+
 @dataclass
-class GenerationState:
+class GenerationState(StateProgress):
     """Everything one batch generation carries between scales. Owned by the caller.
 
     scale_index: the next scale to run (== num_scales when finished). f_hat_BChw: accumulated
@@ -68,19 +86,6 @@ class GenerationState:
     last_entropy_B: torch.Tensor | None = None
     reports: list[StepReport] = field(default_factory=list)
     flops_prefill: float = 0.0
-
-    @property
-    def finished(self) -> bool:
-        return self.scale_index >= self.num_scales
-
-    @property
-    def batch(self) -> int:
-        return len(self.prompts)
-
-    @property
-    def flops_used(self) -> float:
-        """Per-image FLOPs so far, prefill included."""
-        return self.flops_prefill + sum(r.flops for r in self.reports)
 
     def copy(self) -> "GenerationState":
         """Independent continuation point (tensors are never modified in place)."""

@@ -152,3 +152,18 @@ def checkpoint_and_check_time(step: int, args, t0: float, payload) -> bool:
     if out_of_time:
         print(f"time budget reached at step {step + 1}")
     return out_of_time
+
+
+def init_or_resume(model: torch.nn.Module, opt: torch.optim.Optimizer, args) -> int:
+    """Apply ``--init`` (fine-tune from safetensors weights) and ``--resume`` (CKPT_DIR/last.pt, model and
+    optimiser); returns the step to start from."""
+    from generator.weights_io import load_module
+
+    if args.init is not None:
+        load_module(model, args.init)
+    if not args.resume:
+        return 0
+    ck = load_checkpoint(args.ckpt_dir / "last.pt")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    return int(ck["step"])

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from generator.clip_model import (EMBEDDED_CLIP_WEIGHTS, clip_retrieval_r1, create_embedded_clip,  # noqa: E402
                                   images_to_clip_input)
 from generator.domain import sample_batch  # noqa: E402
-from generator.training import (add_training_args, checkpoint_and_check_time, ImagePool, cosine_lr, domain_loader, elapsed_fraction, load_checkpoint,  # noqa: E402
+from generator.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, domain_loader, elapsed_fraction,  # noqa: E402
                                 pick_device, to_float_images)
-from generator.weights_io import load_module, save_module  # noqa: E402
+from generator.weights_io import save_module  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,15 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     model, _, tokenizer = create_embedded_clip(pretrained=None, device=str(device))
     model.train()
-    if args.init is not None:
-        load_module(model, args.init)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.1)
-    start = 0
-    if args.resume:
-        ck = load_checkpoint(args.ckpt_dir / "last.pt")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        start = int(ck["step"])
+    start = init_or_resume(model, opt, args)
     pool = ImagePool(args.pool, device, args.seed + start) if args.pool else None
     loader = None if pool else iter(domain_loader(args.batch_size, 30_000 + args.seed, args.workers, start_index=start))
     if pool:

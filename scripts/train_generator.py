@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from generator.config import TransformerConfig  # noqa: E402
 from generator.embedded import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_tokenizer  # noqa: E402
 from generator.text import tokenize  # noqa: E402
-from generator.training import (add_training_args, checkpoint_and_check_time, ImagePool, cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device,  # noqa: E402
+from generator.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device,  # noqa: E402
                                 to_float_images)
 from generator.transformer import NextScaleTransformer  # noqa: E402
-from generator.weights_io import load_module, save_module  # noqa: E402
+from generator.weights_io import save_module  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,14 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
-    if args.init is not None:
-        load_module(model, args.init)
-    start = 0
-    if args.resume:
-        ck = load_checkpoint(args.ckpt_dir / "last.pt")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        start = int(ck["step"])
+    start = init_or_resume(model, opt, args)
     gen = torch.Generator().manual_seed(args.seed + start)
     pool = ImagePool(args.pool, device, args.seed + start) if args.pool else None
     loader = None if pool else iter(domain_loader(args.batch_size, 20_000 + args.seed, args.workers, start_index=start))

@@ -23,9 +23,9 @@ from generator.config import TokenizerConfig  # noqa: E402
 from generator.domain import sample_batch  # noqa: E402
 from generator.embedded import TOKENIZER_WEIGHTS  # noqa: E402
 from generator.tokenizer import MultiScaleVQTokenizer  # noqa: E402
-from generator.training import (add_training_args, checkpoint_and_check_time, ImagePool, cosine_lr, elapsed_fraction, domain_loader, load_checkpoint, pick_device, psnr_db,  # noqa: E402
+from generator.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device, psnr_db,  # noqa: E402
                                 to_float_images)
-from generator.weights_io import load_module, save_module  # noqa: E402
+from generator.weights_io import save_module  # noqa: E402
 
 
 @torch.no_grad()
@@ -68,14 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TokenizerConfig()
     tok = MultiScaleVQTokenizer(cfg).to(device).train()
     opt = torch.optim.AdamW(tok.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    if args.init is not None:
-        load_module(tok, args.init)
-    start = 0
-    if args.resume:
-        ck = load_checkpoint(args.ckpt_dir / "last.pt")
-        tok.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        start = int(ck["step"])
+    start = init_or_resume(tok, opt, args)
     usage = torch.zeros(cfg.codebook_size, device=device)
     pool = ImagePool(args.pool, device, args.seed + start) if args.pool else None
     loader = None if pool else iter(domain_loader(args.batch_size, 10_000 + args.seed, args.workers, start_index=start))
