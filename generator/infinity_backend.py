@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.pruning import tokens_kept
-from generator.sampler import StateProgress, StepReport, scale_seed, validate_ratio
+from generator.sampler import StateProgress, check_prompts_and_seeds, StepReport, scale_seed, validate_ratio
 
 # ---------------------------------------------------------------------------------------------------
 # Architecture table (tools/run_infinity.py, load_transformer) and scale schedules
@@ -613,17 +613,7 @@ class InfinityGenerator:
     # ---- start ------------------------------------------------------------------------------------
     @torch.no_grad()
     def start(self, prompts: list[str] | str, seeds: list[int] | int) -> InfinityState:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if isinstance(seeds, int):
-            seeds = [seeds] * len(prompts)
-        if len(prompts) == 0:
-            raise ValueError("need at least one prompt")
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        for p in prompts:
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"prompts must be non-empty strings, got {p!r}")
+        prompts, seeds = check_prompts_and_seeds(prompts, seeds)
         m, B = self.model, len(prompts)
         with self._amp():
             kv_compact, lens, cu, max_len = self.text_encoder(list(prompts))

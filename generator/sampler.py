@@ -106,6 +106,22 @@ def validate_ratio(ratio: float) -> float:
     return r
 
 
+def check_prompts_and_seeds(prompts: list[str] | str, seeds: list[int] | int) -> tuple[list[str], list[int]]:
+    """A batch of non-empty prompts and one seed per prompt (a single int seed is shared by all)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if isinstance(seeds, int):
+        seeds = [seeds] * len(prompts)
+    if len(prompts) == 0:
+        raise ValueError("need at least one prompt")
+    if len(seeds) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompts must be non-empty strings, got {p!r}")
+    return list(prompts), list(seeds)
+
+
 def scale_seed(seed: int, scale_index: int) -> int:
     """Independent, reproducible RNG stream per (image seed, scale)."""
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, scale_index]).generate_state(1, np.uint64)[0] >> 1)
@@ -178,17 +194,7 @@ class NextScaleGenerator:
     # ---- generation ---------------------------------------------------------------------------
     @torch.no_grad()
     def start(self, prompts: list[str] | str, seeds: list[int] | int) -> GenerationState:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if isinstance(seeds, int):
-            seeds = [seeds] * len(prompts)
-        if len(prompts) == 0:
-            raise ValueError("need at least one prompt")
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        for p in prompts:
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"prompts must be non-empty strings, got {p!r}")
+        prompts, seeds = check_prompts_and_seeds(prompts, seeds)
         ids, mask = tokenize(list(prompts), self.transformer.cfg.text_context)
         cond = self.transformer.prefill(ids.to(self.device), mask.to(self.device))
         uncond = self._unconditional(len(prompts))
