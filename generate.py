@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from generator.cli import add_generator_args, build_generator
+from generator.schedules import run_schedule
 from generator.weights_io import WeightsError, atomic_write_bytes, atomic_write_json
 
 
@@ -158,14 +159,8 @@ def run_one(generator, schedule, prompt: str, seed: int, writer: IntermediateWri
     """Generate one image, scale by scale; returns (image (3, H, W), state, latency_s)."""
     t0 = time.perf_counter()
     with torch.no_grad():
-        state = generator.start([prompt], [seed])
-        while not state.finished:
-            k, n = state.scale_index, state.num_scales
-            r = schedule.ratio(k, n, state)
-            drop_fn = getattr(schedule, "drop_unconditional", None)
-            generator.step(state, r, drop_unconditional=bool(drop_fn(k, n, state)) if drop_fn else False)
-            if writer is not None:
-                writer.after_step(state, k)
+        state = run_schedule(generator, generator.start([prompt], [seed]), schedule,
+                             after_step=writer.after_step if writer is not None else None)
         image = generator.decode(state)[0]
     return image, state, time.perf_counter() - t0
 

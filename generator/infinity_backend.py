@@ -954,12 +954,9 @@ class InfinityGenerator:
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, seeds: list[int] | int, schedule=None):
         """Whole generation with a schedule (``generator.schedules``; None = unpruned)."""
-        state = self.start(prompts, seeds)
-        while not state.finished:
-            k, n = state.scale_index, state.num_scales
-            r = 0.0 if schedule is None else schedule.ratio(k, n, state)
-            drop = getattr(schedule, "drop_unconditional", None)
-            self.step(state, r, drop_unconditional=bool(drop(k, n, state)) if drop is not None else False)
+        from generator.schedules import run_schedule
+
+        state = run_schedule(self, self.start(prompts, seeds), schedule)
         return self.decode(state), state
 
 

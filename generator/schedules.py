@@ -162,3 +162,17 @@ def parse_schedule(spec: str, widths: tuple[int, ...]) -> PruningSchedule:
 def schedule_ratios(schedule: PruningSchedule, num_scales: int) -> list[float]:
     """The ratios a state-independent schedule gives for every scale."""
     return [schedule.ratio(i, num_scales, None) for i in range(num_scales)]
+
+
+def run_schedule(generator, state, schedule: PruningSchedule | None, after_step=None):
+    """Step ``state`` to the end, each scale's ratio (and, for schedules that have it, whether to drop
+    the unconditional branch) from ``schedule`` (None = unpruned); ``after_step(state, k)`` is called
+    after scale k. Works for every backend with the step-wise API; returns the state."""
+    while not state.finished:
+        k, n = state.scale_index, state.num_scales
+        r = 0.0 if schedule is None else schedule.ratio(k, n, state)
+        drop = getattr(schedule, "drop_unconditional", None)
+        generator.step(state, r, drop_unconditional=bool(drop(k, n, state)) if drop is not None else False)
+        if after_step is not None:
+            after_step(state, k)
+    return state
