@@ -122,6 +122,10 @@ def compare_mode(args, suite) -> int:
     from rewards import RewardFunction
 
     runs = args.run or [latest_run(args.runs_dir)]
+    if len(set(map(str, runs))) != len(runs):
+        raise ValueError(f"--run lists the same run twice: {[str(r) for r in runs]}")
+    names = [r.name for r in runs]  # method labels: the run's folder name, with its parent where names clash
+    labels = {r: (r.name if names.count(r.name) == 1 else f"{r.parent.name}/{r.name}") for r in runs}
     configs = [read_run_config(r) for r in runs]
     env_cfgs = [EnvConfig.from_dict(c["env"]) for c in configs]
     keys = {(e.generator, e.cfg_scale) for e in env_cfgs}
@@ -146,8 +150,8 @@ def compare_mode(args, suite) -> int:
     search_prompts = load_prompts(args.search_prompts)[: args.search_num_prompts]
     searches = {}
     for run, cfg, env_cfg, rfn in zip(runs, configs, env_cfgs, reward_fns):
-        tag = run.name if len(runs) > 1 else ""
-        rl_name = f"rl:{run.name}"
+        tag = labels[run] if len(runs) > 1 else ""
+        rl_name = f"rl:{labels[run]}"
         agent = load_agent_schedule(run, generator, clip=suite.clip if env_cfg.clip_model == args.clip_model else None)
         results[rl_name] = run_method(generator, Method(rl_name, agent), items)
         target = float(np.mean([r["flops_fraction"] for r in results[rl_name][1]]))
@@ -157,7 +161,7 @@ def compare_mode(args, suite) -> int:
             fv = FastVARSchedule()
             x0 = [min(fv.ratio(k, n), 0.95) for k in range(first, n)]
             res = search.search(target, first, env_cfg.skip_threshold, evaluations=args.search_evals, x0=x0)
-            searches[run.name] = {"ratios": res.ratios, "flops_fraction": res.flops_fraction,
+            searches[labels[run]] = {"ratios": res.ratios, "flops_fraction": res.flops_fraction,
                                   "val_mean_quality": res.mean_quality, "evaluations": res.evaluations, "target": target}
             name = "best_static" + (f":{tag}" if tag else "")
             results[name] = run_method(generator, Method(name, RatioListSchedule(tuple(res.ratios))), items)
@@ -199,8 +203,8 @@ def compare_mode(args, suite) -> int:
                 agg[metric] = {"mean": mean, "ci95": half, "n": cnt}
         summary["methods"][name] = {"metrics": agg}
     for run in runs:
-        rl = f"rl:{run.name}"
-        tag = f":{run.name}" if len(runs) > 1 else ""
+        rl = f"rl:{labels[run]}"
+        tag = f":{labels[run]}" if len(runs) > 1 else ""
         for other in ("fastvar", f"best_static{tag}"):
             if other not in per_method:
                 continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -198,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
             model.load_replay_buffer(str(replay))
         print(f"resuming {run} at step {done_steps} of {total}")
     else:
+        try:  # before the baselines: a bad hyperparameter must fail in seconds, not after an evaluation
+            model = build_model(algo, hp, venv, seed, tensorboard_log=str(run / "tb"), device=args.device)
+        except (TypeError, ValueError, AssertionError) as e:
+            shutil.rmtree(run, ignore_errors=True)  # nothing was written to it yet
+            print(f"error: {algo} rejected the hyperparameters {sorted(k for k in hp)} "
+                  f"(agents/hyperparams/{algo}.yml + --hp): {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
         baselines = {}
         for name, sched in (("fastvar", FastVARSchedule()),):
             baselines[name] = evaluate_fixed_schedule(VarPruneEnv(val_cfg, **shared), schedule_ratios(sched, generator.num_scales),
@@ -209,7 +217,6 @@ def main(argv: list[str] | None = None) -> int:
                   "eval_episodes": eval_episodes, "env": env_cfg.to_dict(), "observation_layout": layout,
                   "generator_fingerprint": generator.fingerprint(), "command": sys.argv}
         atomic_write_json(run / "config.json", config)
-        model = build_model(algo, hp, venv, seed, tensorboard_log=str(run / "tb"), device=args.device)
         print(f"run {run}: {algo}, {total} steps; FastVAR on validation: reward {baselines['fastvar']['mean_reward']:.4f} "
               f"at {baselines['fastvar']['flops_fraction']:.3f} of full FLOPs")
 

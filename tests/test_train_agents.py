@@ -134,3 +134,25 @@ def test_evaluate_agent_compare_mode_on_a_run(trained, tmp_path, capsys):
     for f in ("table.md", "per_image.csv", "summary.json", "pareto.png", "grid.png"):
         assert (out / f).is_file(), f
     assert evaluate_agent.main(["--run", str(tmp_path / "nope")]) == 2
+
+
+def test_bad_hyperparameters_fail_fast_without_leaving_a_run(tmp_path, capsys):
+    assert train.main(["--hp", "bogus_key=1", "--out", str(tmp_path), "--name", "bad", "--no-progress"]) == 2
+    assert "bogus_key" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert train.main(["--algo", "dqn", "--hp", "action_mode=continuous", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "discrete" in capsys.readouterr().err
+
+
+def test_evaluate_agent_compares_several_runs(trained, tmp_path, capsys):
+    import evaluate_agent
+
+    other = tmp_path / "other" / trained.name  # same folder name, different parent: labels must not clash
+    shutil.copytree(trained, other)
+    assert evaluate_agent.main(["--run", str(trained), "--run", str(other), "--num-prompts", "2", "--seeds", "0",
+                                "--search-evals", "0", "--out", str(tmp_path / "ev"), "--json", str(tmp_path / "s.json")]) == 0
+    methods = json.loads((tmp_path / "s.json").read_text())["methods"]
+    rl = sorted(m for m in methods if m.startswith("rl:"))
+    assert rl == sorted([f"rl:{trained.parent.name}/{trained.name}", f"rl:other/{trained.name}"])
+    assert len([m for m in methods if m.startswith("random:")]) == 2
+    assert evaluate_agent.main(["--run", str(trained), "--run", str(trained)]) == 2
+    assert "twice" in capsys.readouterr().err
