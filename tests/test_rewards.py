@@ -1,0 +1,136 @@
+"""rewards/: CLIP score (shipped small CLIP), SSIM/PSNR, LPIPS wiring, the reward formula, the reference cache."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from generator.domain import render_prompt
+from rewards import (ClipScorer, ClipWeightsUnavailable, LpipsMetric, LpipsUnavailable, ReferenceCache, RewardConfig,
+                     RewardFunction, psnr, ssim)
+
+RED = "a large red solid circle in the centre on a plain gray background"
+BLUE = "a small blue striped square at the top left on a noisy navy background"
+
+
+def as_tensor(img_uint8) -> torch.Tensor:
+    return torch.from_numpy(img_uint8).permute(2, 0, 1).float().div(255)[None]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return ClipScorer.embedded()
+
+
+def test_clip_score_prefers_the_true_caption(clip):
+    red, blue = as_tensor(render_prompt(RED, 0)), as_tensor(render_prompt(BLUE, 0))
+    s = clip.score(torch.cat([red, blue]), [RED, BLUE])
+    swapped = clip.score(torch.cat([red, blue]), [BLUE, RED])
+    assert (s > swapped).all() and ((0 <= s) & (s <= 100)).all()
+    e = clip.text_embedding([RED, BLUE, RED])
+    assert torch.allclose(e.norm(dim=-1), torch.ones(3)) and torch.equal(e[0], e[2]) and e.shape[1] == clip.embedding_dim
+
+
+def test_clip_hub_weights_fail_fast_offline(tmp_path):
+    with pytest.raises(ValueError, match="unknown pretrained tag"):
+        ClipScorer.from_pretrained("ViT-B-32", "no_such_tag")
+    t = time.time()
+    with pytest.raises(ClipWeightsUnavailable, match="never downloads"):
+        ClipScorer.from_pretrained("ViT-B-32", "laion2b_s34b_b79k")
+    assert time.time() - t < 10  # no minute of hub retries
+    with pytest.raises(ClipWeightsUnavailable, match="missing.pt"):
+        ClipScorer.from_pretrained("ViT-B-32", str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        ClipScorer.from_pretrained("ViT-Nope", "openai")
+
+
+def test_ssim_and_psnr_from_torchmetrics():
+    x = as_tensor(render_prompt(RED, 0))
+    g = torch.Generator().manual_seed(0)
+    noisy = [(x + s * torch.randn(x.shape, generator=g)).clamp(0, 1) for s in (0.02, 0.1, 0.3)]
+    assert float(ssim(x, x)[0]) == pytest.approx(1.0, abs=1e-6) and math.isinf(float(psnr(x, x)[0]))
+    ss = [float(ssim(n, x)[0]) for n in noisy]
+    ps = [float(psnr(n, x)[0]) for n in noisy]
+    assert ss == sorted(ss, reverse=True) and ps == sorted(ps, reverse=True)
+    assert ps[1] == pytest.approx(20.0, abs=1.0)  # sigma 0.1 noise ~ 20 dB
+    with pytest.raises(ValueError, match="does not match"):
+        ssim(x, torch.zeros(1, 3, 32, 32))
+
+
+def test_lpips_wiring_with_a_random_backbone(tmp_path):
+    """Wiring only: no ImageNet weights exist offline, so the AlexNet backbone here is randomly
+    initialised (torchvision's architecture and state-dict layout, loaded like the real file)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path / "alexnet-random.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), path)
+    m = LpipsMetric("alex", backbone_path=path)
+    x = as_tensor(render_prompt(RED, 0))
+    y = as_tensor(render_prompt(BLUE, 0))
+    assert float(m(x, x)[0]) == pytest.approx(0.0, abs=1e-7)
+    assert float(m(y, x)[0]) > float(m((x + 0.02).clamp(0, 1), x)[0]) > 0
+    with pytest.raises(LpipsUnavailable, match="nope.pth"):
+        LpipsMetric("alex", backbone_path=tmp_path / "nope.pth")
+    torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(LpipsUnavailable, match="bad.pth"):
+        LpipsMetric("alex", backbone_path=tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="alex"):
+        LpipsMetric("squeeze", backbone_path=path)
+
+
+def test_reward_formula_and_budget(clip):
+    cfg = RewardConfig(flops_weight=1.0, clip_weight=0.05, ssim_weight=2.0, psnr_weight=0.5, flops_budget=0.3,
+                       budget_penalty=4.0)
+    rf = RewardFunction(cfg, clip=clip)
+    ref = as_tensor(render_prompt(RED, 0))
+    img = (ref + 0.1 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    r, t = rf.terminal(img, ref, RED, used_fraction=0.4)
+    expected = (0.05 * (t["clip_score"] - t["clip_reference"]) - 2.0 * (1 - t["ssim"])
+                - 0.5 * (1 - min(t["psnr"], 40.0) / 40.0) - 4.0 * (0.4 - 0.3))
+    assert r == pytest.approx(expected, rel=1e-9) and t["budget_excess"] == pytest.approx(0.1)
+    r0, t0 = rf.terminal(ref, ref, RED, used_fraction=0.2)
+    assert r0 == pytest.approx(0.0, abs=1e-6) and t0["quality_reward"] == pytest.approx(0.0, abs=1e-6)
+    assert rf.step_reward(0.25) == 0.25
+
+
+@pytest.mark.parametrize("bad, match", [({"ssim_weight": -1.0}, "ssim_weight"), ({"clip_weight": float("nan")}, "clip_weight"),
+                                        ({"flops_budget": 1.5}, "flops_budget"), ({"flops_budget": 0.0}, "flops_budget")])
+def test_reward_config_rejects_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        RewardConfig(**bad).validate()
+
+
+def test_reward_needs_its_scorers():
+    with pytest.raises(ValueError, match="CLIP"):
+        RewardFunction(RewardConfig(clip_weight=1.0))
+    with pytest.raises(ValueError, match="LPIPS"):
+        RewardFunction(RewardConfig(lpips_weight=1.0))
+
+
+def test_reference_cache_generates_once_evicts_and_persists(tmp_path, clip):
+    calls = []
+
+    def make(seed):
+        def f():
+            calls.append(seed)
+            return as_tensor(render_prompt(RED, seed))
+        return f
+
+    cache = ReferenceCache(max_items=2, directory=tmp_path)
+    a, sa = cache.get_or_create(("p", 0), make(0), clip=clip, prompt=RED)
+    b, _ = cache.get_or_create(("p", 0), make(0), clip=clip, prompt=RED)
+    assert torch.equal(a, b) and calls == [0] and sa == pytest.approx(float(clip.score(a, [RED])[0]))
+    cache.get_or_create(("p", 1), make(1))
+    cache.get_or_create(("p", 2), make(2))
+    assert len(cache) == 2 and calls == [0, 1, 2]
+    fresh = ReferenceCache(max_items=2, directory=tmp_path)  # a new process: served from disk, not regenerated
+    c, sc = fresh.get_or_create(("p", 0), make(0), clip=clip, prompt=RED)
+    assert torch.equal(c, a) and sc == sa and calls == [0, 1, 2]
+    for f in tmp_path.glob("*.safetensors"):
+        f.write_bytes(b"damaged")
+    d, _ = ReferenceCache(directory=tmp_path).get_or_create(("p", 0), make(0))
+    assert torch.equal(d, a) and calls == [0, 1, 2, 0]  # a damaged entry is regenerated, never trusted
