@@ -51,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
     m.add_argument("--lpips-backbone", default=None, help="torchvision backbone weights file for LPIPS")
     m.add_argument("--image-reward", action="store_true", help="also score with ImageReward if installed")
-    ap.add_argument("--device", default="cpu")
     return ap
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from generator.cli import add_generator_args, build_generator
+from generator.images import to_uint8
 from generator.schedules import run_schedule
 from generator.weights_io import WeightsError, atomic_write_bytes, atomic_write_json
 
@@ -103,10 +104,6 @@ def collect_prompts(args) -> dict[str, str]:
     if args.num_prompts is not None:
         prompts = dict(list(prompts.items())[: args.num_prompts])
     return prompts
-
-
-def to_uint8(img_3HW: torch.Tensor) -> np.ndarray:
-    return (img_3HW.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def save_image(img_3HW: torch.Tensor, path: Path, quality: int = 95) -> None:

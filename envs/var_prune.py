@@ -6,12 +6,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
 from envs.actions import ActionMapper
 from envs.config import EnvConfig
 from envs.observation import ObservationBuilder
+from generator.images import to_uint8
 
 
 class VarPruneEnv(gym.Env):
@@ -187,8 +187,7 @@ class VarPruneEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array" or self._state is None:
             return None
-        img = self.generator.decode(self._state)[0]
-        return (img.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        return to_uint8(self.generator.decode(self._state)[0])
 
     # ---- internals --------------------------------------------------------------------------------
     def _reference(self, prompt: str, seed: int):

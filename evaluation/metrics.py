@@ -83,10 +83,11 @@ def load_image_reward():
     def score(images: torch.Tensor, prompts: list[str]) -> list[float]:
         from PIL import Image
 
+        from generator.images import to_uint8
+
         out = []
         for img, p in zip(images, prompts):
-            arr = (img.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-            out.append(float(model.score(p, Image.fromarray(arr))))
+            out.append(float(model.score(p, Image.fromarray(to_uint8(img)))))
         return out
 
     return score, ""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from generator.images import to_uint8
 from generator.weights_io import atomic_write_bytes
 
 TABLE_METRICS = (("flops_fraction", "FLOPs frac"), ("latency_ms", "latency ms"), ("psnr", "PSNR dB"), ("ssim", "SSIM"),
@@ -99,7 +100,7 @@ def image_grid(images: dict[str, list[torch.Tensor]], prompts: list[str], path: 
     for r, p in enumerate(prompts):
         for c, n in enumerate(names):
             ax = axes[r][c]
-            ax.imshow((images[n][r].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+            ax.imshow(to_uint8(images[n][r]))
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from generator.images import to_uint8
 
 HELDOUT_SEED = 987_654_321  # also the tokenizer script's evaluation batch; training seeds start at 0 / 10_000 / 30_000
 
@@ -26,10 +27,6 @@ def heavy_skip_ratios(num_scales: int) -> list[float]:
     """Everything after the middle scale skipped."""
     mid = num_scales // 2
     return [0.0] * (mid + 1) + [1.0] * (num_scales - mid - 1)
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x.clamp(0, 1).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def _latency(fn, repeats: int) -> float:
@@ -70,7 +67,7 @@ def measure(num_prompts: int = 100, num_real: int = 512, latency_repeats: int = 
     for key, sched in schedules.items():
         out = [g.generate(prompts[i:i + 25], [0] * len(prompts[i:i + 25]), schedule=sched)[0] for i in range(0, len(prompts), 25)]
         images[key] = torch.cat(out)
-        card[f"clip_r1_{key}"] = clip_retrieval_r1(clip, clip_tok, _to_uint8(images[key]), prompts)
+        card[f"clip_r1_{key}"] = clip_retrieval_r1(clip, clip_tok, to_uint8(images[key]), prompts)
         if sched is not None:
             s = ssim(images[key], images["generated"])
             card[f"ssim_{key}_mean"] = float(s.mean())
