@@ -654,11 +654,7 @@ class InfinityGenerator:
         h, w = self.scale_hw[k]
         L = h * w
         if r >= 1.0:
-            rep = StepReport(k, w, h, L, r, 0, True, False, 0.0)
-            state.codes[k] = None
-            state.reports.append(rep)
-            state.scale_index += 1
-            return rep
+            return state.record_skip(w, h, r)
         both = self.guided and not drop_unconditional
         n_keep = tokens_kept(L, r)
         n_keep = None if n_keep >= L else n_keep

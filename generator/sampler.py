@@ -50,7 +50,7 @@ class StepReport:
 
 class StateProgress:
     """Progress properties shared by the generation states of every backend (needs ``num_scales``,
-    ``scale_index``, ``prompts``, ``reports`` and ``flops_prefill``)."""
+    ``scale_index``, ``prompts``, ``codes``, ``reports`` and ``flops_prefill``)."""
 
     @property
     def finished(self) -> bool:
@@ -64,6 +64,15 @@ class StateProgress:
     def flops_used(self) -> float:
         """Per-image FLOPs so far, prefill included."""
         return self.flops_prefill + sum(r.flops for r in self.reports)
+
+    def record_skip(self, width: int, height: int, ratio: float) -> "StepReport":
+        """Skip the current scale (ratio >= 1): no forward pass, no codes, nothing appended to the KV cache."""
+        k = self.scale_index
+        report = StepReport(k, width, height, width * height, ratio, 0, True, False, 0.0)
+        self.codes[k] = None
+        self.reports.append(report)
+        self.scale_index += 1
+        return report
 
 
 @dataclass
@@ -227,11 +236,7 @@ class NextScaleGenerator:
         L = side * side
         use_uncond = self.guidance.needs_unconditional(k, n) and not drop_unconditional
         if r >= 1.0:
-            report = StepReport(k, side, side, L, r, 0, True, False, 0.0)
-            state.codes[k] = None
-            state.reports.append(report)
-            state.scale_index += 1
-            return report
+            return state.record_skip(side, side, r)
 
         n_keep = tokens_kept(L, r)
         n_keep = None if n_keep >= L else n_keep
