@@ -1,6 +1,10 @@
 """Predicted (analytic FLOPs) vs measured speed-up of pruning schedules on the embedded generator.
 
     python benchmarks/bench_generator.py [--repeats 15] [--batch 1 8]
+    python benchmarks/bench_generator.py --scales 1,2,3,4,5,6,8,10,13,16 --channel-mult 1,4,8 --batch 1
+
+With --scales / --channel-mult it times a randomly initialised model of that shape instead of the
+shipped one (timing only: the images are meaningless, the compute is the same).
 
 Schedules are timed interleaved (round-robin), median over repeats, in one process, so the printed
 ratios compare like with like on a noisy machine. Prints, per batch size: ms per image, measured
@@ -15,23 +19,32 @@ import time
 
 import torch
 
+from generator.cli import add_model_shape_args, model_shape_config
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_model_shape_args(ap)
     args = ap.parse_args(argv)
+    shape = model_shape_config(ap, args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from generator.embedded import load_embedded_generator
+    from generator.embedded import load_embedded_generator, random_generator
+    from generator.model_card import heavy_skip_ratios
     from generator.schedules import FastVARSchedule, OriginalSchedule, RatioListSchedule, TailPatternSchedule, schedule_ratios
 
-    g = load_embedded_generator()
+    if shape is None:
+        g = load_embedded_generator()
+    else:
+        g = random_generator(0, shape)
+        print("random weights of the requested shape: timings only")
     n = g.num_scales
     schedules = {"original": OriginalSchedule(), "fastvar": FastVARSchedule(), "tail": TailPatternSchedule(),
                  "prune0.5_last3": RatioListSchedule(tuple([0.0] * (n - 3) + [0.5] * 3)),
-                 "skip_after_middle": RatioListSchedule(tuple([0.0] * (n // 2 + 1) + [1.0] * (n - n // 2 - 1)))}
+                 "skip_after_middle": RatioListSchedule(tuple(heavy_skip_ratios(n)))}
     print(f"torch threads {torch.get_num_threads()}, scales {g.scale_widths}, repeats {args.repeats}")
     for b in args.batch:
         prompts = ["a large red solid circle in the centre on a plain gray background"] * b

@@ -154,16 +154,28 @@ def checkpoint_and_check_time(step: int, args, t0: float, payload) -> bool:
     return out_of_time
 
 
-def init_or_resume(model: torch.nn.Module, opt: torch.optim.Optimizer, args) -> int:
+def init_or_resume(model: torch.nn.Module, opt: torch.optim.Optimizer, args, config: dict | None = None) -> int:
     """Apply ``--init`` (fine-tune from safetensors weights) and ``--resume`` (CKPT_DIR/last.pt, model and
-    optimiser); returns the step to start from."""
+    optimiser); returns the step to start from. ``config`` (the model's config as a dict, also saved in
+    the checkpoint payload) must equal the checkpoint's: a tokenizer resumed with other ``--scales`` has
+    the same parameter shapes and would otherwise silently continue on another schedule."""
     from generator.weights_io import load_module
 
     if args.init is not None:
         load_module(model, args.init)
     if not args.resume:
         return 0
-    ck = load_checkpoint(args.ckpt_dir / "last.pt")
-    model.load_state_dict(ck["model"])
+    path = args.ckpt_dir / "last.pt"
+    ck = load_checkpoint(path)
+    saved = ck.get("config")
+    if config is not None and saved is not None and saved != config:
+        diff = {k: (saved.get(k), config.get(k)) for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)}
+        raise SystemExit(f"--resume: checkpoint {path} was trained with another model config "
+                         f"(field: (checkpoint, now)) {diff}; pass the same options or another --ckpt-dir")
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise SystemExit(f"--resume: checkpoint {path} does not fit this model ({str(e).splitlines()[0]}); "
+                         "pass the options it was trained with or another --ckpt-dir") from None
     opt.load_state_dict(ck["opt"])
     return int(ck["step"])

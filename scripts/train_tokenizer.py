@@ -2,6 +2,11 @@
 
     python scripts/train_tokenizer.py                    # GPU if available, else CPU (slow)
     python scripts/train_tokenizer.py --resume           # continue from checkpoints/tokenizer/last.pt
+    python scripts/train_tokenizer.py --scales 1,2,3,4,5,6,8,10,13,16 --channel-mult 1,4,8 \
+        --out weights_deep/tokenizer.safetensors      # a 16x16 latent with 10 scales (GPU advised)
+
+The scale schedule and latent size live in the weights' header: train_generator.py and every loader
+pick them up from there, so a differently shaped tokenizer needs no code change.
 
 Writes weights/tokenizer.safetensors (float16, config + PSNR in the header).
 """
@@ -19,6 +24,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from generator.cli import add_model_shape_args, model_shape_config  # noqa: E402
 from generator.config import TokenizerConfig  # noqa: E402
 from generator.domain import sample_batch  # noqa: E402
 from generator.embedded import TOKENIZER_WEIGHTS  # noqa: E402
@@ -61,14 +67,16 @@ def main(argv: list[str] | None = None) -> None:
     add_training_args(ap, steps=6000, batch_size=128, lr=4e-4, workers=4, out=TOKENIZER_WEIGHTS,
                       ckpt_dir=Path("checkpoints/tokenizer"))
     ap.add_argument("--restart-every", type=int, default=200)
+    add_model_shape_args(ap)
     args = ap.parse_args(argv)
+    shape = model_shape_config(ap, args)
+    cfg = shape.tokenizer if shape is not None else TokenizerConfig()
 
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
-    cfg = TokenizerConfig()
     tok = MultiScaleVQTokenizer(cfg).to(device).train()
     opt = torch.optim.AdamW(tok.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    start = init_or_resume(tok, opt, args)
+    start = init_or_resume(tok, opt, args, config=cfg.to_dict())
     usage = torch.zeros(cfg.codebook_size, device=device)
     pool = ImagePool(args.pool, device, args.seed + start) if args.pool else None
     loader = None if pool else iter(domain_loader(args.batch_size, 10_000 + args.seed, args.workers, start_index=start))
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         if step % 50 == 0:
             psnr = float(psnr_db((rec.detach() * 0.5 + 0.5).clamp(0, 1), x).mean())
             bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}")
-        if checkpoint_and_check_time(step, args, t0, lambda: {"model": tok.state_dict(), "opt": opt.state_dict()}):
+        if checkpoint_and_check_time(step, args, t0, lambda: {"model": tok.state_dict(), "opt": opt.state_dict(), "config": cfg.to_dict()}):
             break
     psnr = evaluate(tok, device)
     save_module(tok, args.out, {"tokenizer": cfg.to_dict(), "psnr_db": psnr, "steps": step + 1})

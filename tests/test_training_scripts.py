@@ -26,3 +26,53 @@ def test_script_trains_exports_and_resumes_on_cpu(script, tmp_path):
     assert torch.load(ckpt / "last.pt", weights_only=True)["step"] == 2
     mod.main(common + ["--steps", "3", "--resume"])
     assert read_metadata(out)["steps"] == 3  # continued from step 2, not restarted
+
+
+DEEP_SCALES = "1,2,3,4,5,6,8,10,13,16"  # a 16x16 latent: enough scales for FastVAR to run all that "skip after middle" runs
+
+
+def test_deeper_scale_schedule_trains_and_generates_without_code_changes(tmp_path):
+    """The shape the embedded model would need for SSIM to separate FastVAR from heavy skipping
+    (>= 9 scales, see README) is a command-line option: tokenizer -> generator -> loaders -> schedules."""
+    from generator.embedded import load_embedded_generator
+    from generator.model_card import heavy_skip_ratios
+    from generator.schedules import FastVARSchedule, RatioListSchedule, schedule_ratios
+    from scripts import train_generator, train_tokenizer
+
+    torch.set_num_threads(2)
+    tok_w, gen_w = tmp_path / "tok.safetensors", tmp_path / "gen.safetensors"
+    common = ["--device", "cpu", "--workers", "0", "--batch-size", "4", "--steps", "1", "--ckpt-every", "1"]
+    train_tokenizer.main(common + ["--scales", DEEP_SCALES, "--channel-mult", "1,4,8", "--out", str(tok_w),
+                                   "--ckpt-dir", str(tmp_path / "ck_tok")])
+    train_generator.main(common + ["--tokenizer", str(tok_w), "--out", str(gen_w), "--ckpt-dir", str(tmp_path / "ck_gen")])
+    g = load_embedded_generator(tokenizer_path=tok_w, generator_path=gen_w)
+    sides = tuple(int(v) for v in DEEP_SCALES.split(","))
+    assert g.scale_sides == sides and read_metadata(gen_w)["transformer"]["scales"] == list(sides)
+    n = g.num_scales
+    fastvar, heavy = schedule_ratios(FastVARSchedule(), n), heavy_skip_ratios(n)
+    # every scale the heavy schedule runs whole, FastVAR runs whole too (not so for <= 8 scales)
+    assert all(f == 0.0 for f, h in zip(fastvar, heavy) if h == 0.0)
+    assert sum(s * s for s in sides[-2:]) / sum(s * s for s in sides) > 0.5  # last two scales hold most tokens
+    flops = {}
+    for name, schedule in {"fastvar": FastVARSchedule(), "heavy": RatioListSchedule(tuple(heavy))}.items():
+        img, st = g.generate(["a large red circle in the centre"], [0], schedule)
+        assert img.shape == (1, 3, 64, 64) and torch.isfinite(img).all()
+        flops[name] = st.flops_used / g.flops_full()
+    assert 0 < flops["heavy"] < flops["fastvar"] < 1
+
+
+def test_resume_with_another_shape_is_refused_with_both_configs_named(tmp_path):
+    """Other --scales keep the tokenizer's parameter shapes: without the config check a resumed run
+    would silently continue on another schedule."""
+    from scripts import train_tokenizer
+
+    torch.set_num_threads(2)
+    common = ["--device", "cpu", "--workers", "0", "--batch-size", "4", "--ckpt-every", "1",
+              "--out", str(tmp_path / "tok.safetensors"), "--ckpt-dir", str(tmp_path / "ck")]
+    train_tokenizer.main(common + ["--steps", "1"])
+    with pytest.raises(SystemExit, match=r"another model config .*'scales'"):
+        train_tokenizer.main(common + ["--steps", "2", "--resume", "--scales", "1,2,4,8"])
+    with pytest.raises(SystemExit, match="does not fit this model|another model config"):
+        train_tokenizer.main(common + ["--steps", "2", "--resume", "--scales", "1,2,4,8,16", "--channel-mult", "1,4,8"])
+    train_tokenizer.main(common + ["--steps", "2", "--resume"])  # the original options still resume
+    assert read_metadata(tmp_path / "tok.safetensors")["steps"] == 2
