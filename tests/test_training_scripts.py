@@ -6,6 +6,7 @@ export), not the quality of the shipped weights (tests/test_embedded_weights.py 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +60,17 @@ def test_deeper_scale_schedule_trains_and_generates_without_code_changes(tmp_pat
         assert img.shape == (1, 3, 64, 64) and torch.isfinite(img).all()
         flops[name] = st.flops_used / g.flops_full()
     assert 0 < flops["heavy"] < flops["fastvar"] < 1
+
+    from envs.config import EnvConfig
+    from envs.var_prune import VarPruneEnv
+
+    env = VarPruneEnv(EnvConfig(prompts="val"), generator=g)
+    obs, _ = env.reset(seed=0)
+    assert env.first_controllable == n - 4 and obs.shape == env.observation_space.shape
+    for r in fastvar[env.first_controllable:]:
+        obs, reward, terminated, _, info = env.step(env.ratio_to_action(r))
+    assert terminated and np.isfinite(reward) and np.isfinite(obs).all()
+    assert info["flops_fraction"] == pytest.approx(flops["fastvar"])
 
 
 def test_resume_with_another_shape_is_refused_with_both_configs_named(tmp_path):
