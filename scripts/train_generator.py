@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
-    start = init_or_resume(model, opt, args, config=cfg.to_dict())
+    config = cfg.to_dict()  # checked on --resume against the one saved in every checkpoint
+    start = init_or_resume(model, opt, args, config=config)
     gen = torch.Generator().manual_seed(args.seed + start)
     pool = ImagePool(args.pool, device, args.seed + start) if args.pool else None
     loader = None if pool else iter(domain_loader(args.batch_size, 20_000 + args.seed, args.workers, start_index=start))
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                 last = cfg.scales[-1] ** 2
                 acc_last = (logits[:, -last:].argmax(-1) == target[:, -last:]).float().mean()
             bar.set_postfix(loss=f"{loss.item():.3f}", acc_last=f"{acc_last.item():.3f}")
-        if checkpoint_and_check_time(step, args, t0, lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "config": cfg.to_dict()}):
+        if checkpoint_and_check_time(step, args, t0, lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "config": config}):
             break
     save_module(model, args.out, {"transformer": cfg.to_dict(), "steps": step + 1, "final_loss": loss.item()})
     print(f"final loss {loss.item():.3f}; wrote {args.out} ({time.time() - t0:.0f}s)")

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     tok = MultiScaleVQTokenizer(cfg).to(device).train()
     opt = torch.optim.AdamW(tok.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    start = init_or_resume(tok, opt, args, config=cfg.to_dict())
+    config = cfg.to_dict()  # checked on --resume against the one saved in every checkpoint
+    start = init_or_resume(tok, opt, args, config=config)
     usage = torch.zeros(cfg.codebook_size, device=device)
     pool = ImagePool(args.pool, device, args.seed + start) if args.pool else None
     loader = None if pool else iter(domain_loader(args.batch_size, 10_000 + args.seed, args.workers, start_index=start))
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         if step % 50 == 0:
             psnr = float(psnr_db((rec.detach() * 0.5 + 0.5).clamp(0, 1), x).mean())
             bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}")
-        if checkpoint_and_check_time(step, args, t0, lambda: {"model": tok.state_dict(), "opt": opt.state_dict(), "config": cfg.to_dict()}):
+        if checkpoint_and_check_time(step, args, t0, lambda: {"model": tok.state_dict(), "opt": opt.state_dict(), "config": config}):
             break
     psnr = evaluate(tok, device)
     save_module(tok, args.out, {"tokenizer": cfg.to_dict(), "psnr_db": psnr, "steps": step + 1})

@@ -84,7 +84,7 @@ def test_resume_with_another_shape_is_refused_with_both_configs_named(tmp_path):
     train_tokenizer.main(common + ["--steps", "1"])
     with pytest.raises(SystemExit, match=r"another model config .*'scales'"):
         train_tokenizer.main(common + ["--steps", "2", "--resume", "--scales", "1,2,4,8"])
-    with pytest.raises(SystemExit, match="does not fit this model|another model config"):
+    with pytest.raises(SystemExit, match=r"another model config .*'channel_mult'"):
         train_tokenizer.main(common + ["--steps", "2", "--resume", "--scales", "1,2,4,8,16", "--channel-mult", "1,4,8"])
     train_tokenizer.main(common + ["--steps", "2", "--resume"])  # the original options still resume
     assert read_metadata(tmp_path / "tok.safetensors")["steps"] == 2
