@@ -116,7 +116,7 @@ def compare_mode(args, suite) -> int:
     from evaluation.metrics import HIGHER_IS_BETTER, mean_ci, paired
     from evaluation.report import image_grid, markdown_table, pareto_plot, write_csv
     from evaluation.static_search import StaticScheduleSearch, random_schedule_at
-    from generator.domain import load_prompts
+    from domain import load_prompts
     from generator.schedules import FastVARSchedule, OriginalSchedule, RatioListSchedule, TailPatternSchedule
     from rewards import RewardFunction
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.cli import add_generator_args, build_generator
+from generator.backends import add_generator_args, build_generator
 from generator.images import to_uint8
 from generator.schedules import run_schedule
 from generator.weights_io import WeightsError, atomic_write_bytes, atomic_write_json
@@ -48,7 +48,7 @@ def read_prompts_file(spec: str) -> dict[str, str]:
     """name -> prompt from a TSV / JSON / plain file, or a split name of prompts/."""
     path = Path(spec)
     if not path.exists():
-        from generator.domain import load_prompts
+        from domain import load_prompts
 
         try:
             lines = load_prompts(spec)
@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg_default = None
         if args.agent is not None:
             cfg_default = read_run_config(args.agent)["env"].get("cfg_scale")
-        from generator.embedded import DEFAULT_CFG_SCALE
+        from generator.backends import backend
 
-        cfg_default = DEFAULT_CFG_SCALE if cfg_default is None else cfg_default
+        cfg_default = backend(args.generator).default_cfg if cfg_default is None else cfg_default
         effective_cfg = cfg_default if args.cfg is None else args.cfg
         generator = build_generator(args, cfg_default=cfg_default)
         if args.agent is not None:

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from envs.config import EnvConfig
     from envs.var_prune import VarPruneEnv
-    from generator.domain import load_prompts
+    from domain import load_prompts
     from generator.schedules import FastVARSchedule, schedule_ratios
 
     prompts = load_prompts("val")[: args.episodes]

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from generator.cli import add_model_shape_args, model_shape_config
+from embedded.cli import add_model_shape_args, model_shape_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = model_shape_config(ap, args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from generator.embedded import load_embedded_generator, random_generator
-    from generator.model_card import heavy_skip_ratios
+    from embedded.loaders import load_embedded_generator, random_generator
+    from embedded.model_card import heavy_skip_ratios
     from generator.schedules import FastVARSchedule, OriginalSchedule, RatioListSchedule, TailPatternSchedule, schedule_ratios
 
     if shape is None:

@@ -8,7 +8,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.config import EnvConfig
-from generator.sampler import validate_ratio
+from generator.protocol import validate_ratio
 
 
 class ActionMapper:

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from envs.config import EnvConfig
 
-GENERATORS = ("tiny", "infinity")
+from generator.backends import BACKENDS, load_backend
+
+GENERATORS = tuple(BACKENDS)
 
 
 def make_generator(cfg: EnvConfig):
+    """The backend ``cfg.generator`` names, built through the registry in ``generator.backends``."""
     from generator.guidance import guidance_from_cfg
 
-    if cfg.generator == "tiny":
-        from generator.embedded import load_embedded_generator
-
-        return load_embedded_generator(guidance=guidance_from_cfg(cfg.cfg_scale))
     if cfg.generator == "infinity":
-        from generator.infinity_backend import make_infinity_generator
-
-        return make_infinity_generator(**(cfg.infinity or {}))
-    raise ValueError(f"unknown generator {cfg.generator!r}; choose one of {GENERATORS}")
+        return load_backend("infinity")(**(cfg.infinity or {}))
+    return load_backend(cfg.generator)(guidance=guidance_from_cfg(cfg.cfg_scale))
 
 
 def make_clip(cfg: EnvConfig):
@@ -36,6 +33,6 @@ def make_lpips(cfg: EnvConfig):
 
 
 def load_prompts_for(split_or_path: str) -> list[str]:
-    from generator.domain import load_prompts
+    from domain import load_prompts
 
     return load_prompts(split_or_path)

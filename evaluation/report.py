@@ -7,9 +7,7 @@ import io
 import math
 from pathlib import Path
 
-import torch
-
-from generator.images import to_uint8
+from generator.images import image_grid  # noqa: F401 (moved to generator.images; re-exported)
 from generator.weights_io import atomic_write_bytes
 
 TABLE_METRICS = (("flops_fraction", "FLOPs frac"), ("latency_ms", "latency ms"), ("psnr", "PSNR dB"), ("ssim", "SSIM"),
@@ -82,32 +80,5 @@ def pareto_plot(summary: dict, path: Path, extra_points: dict | None = None) -> 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def image_grid(images: dict[str, list[torch.Tensor]], prompts: list[str], path: Path) -> None:
-    """Rows = prompts (labelled), columns = methods."""
-    import textwrap
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(images)
-    fig, axes = plt.subplots(len(prompts), len(names), figsize=(1.7 * len(names) + 3.6, 1.8 * len(prompts)), squeeze=False)
-    for r, p in enumerate(prompts):
-        for c, n in enumerate(names):
-            ax = axes[r][c]
-            ax.imshow(to_uint8(images[n][r]))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(n, fontsize=8)
-        axes[r][-1].text(1.05, 0.5, textwrap.fill(p, 40), transform=axes[r][-1].transAxes, fontsize=6.5, va="center")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

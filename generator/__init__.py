@@ -1,15 +1,36 @@
-"""Per-scale next-scale-prediction generators with explicit state, pruning and FLOPs accounting."""
+"""The backend-neutral layer: the per-scale generation protocol, schedules, pruning plan, guidance.
 
-from generator.config import GeneratorConfig, SamplingConfig, TokenizerConfig, TransformerConfig
+Everything that drives a generator (env, agents, evaluation, ``generate.py``) imports from here; the
+backends (``embedded``, ``infinity_backend``) implement :class:`generator.protocol.PerScaleGenerator`
+and are built by name through :mod:`generator.backends`.
+"""
+
 from generator.guidance import GuidanceFn, LimitedIntervalGuidance, NoGuidance, ScalarGuidance, guidance_from_cfg
-from generator.sampler import GenerationState, NextScaleGenerator, StepReport, validate_ratio
+from generator.protocol import (GenerationProgress, PerScaleGenerator, StepReport, check_prompts_and_seeds,
+                                validate_ratio)
 from generator.schedules import (FastVARSchedule, OriginalSchedule, PruningSchedule, RatioListSchedule,
-                                 TailPatternSchedule, WidthRatioSchedule, parse_schedule, schedule_ratios)
+                                 TailPatternSchedule, WidthRatioSchedule, parse_schedule, run_schedule,
+                                 schedule_ratios)
 
 __all__ = [
-    "GeneratorConfig", "SamplingConfig", "TokenizerConfig", "TransformerConfig",
     "GuidanceFn", "LimitedIntervalGuidance", "NoGuidance", "ScalarGuidance", "guidance_from_cfg",
-    "GenerationState", "NextScaleGenerator", "StepReport", "validate_ratio",
+    "GenerationProgress", "PerScaleGenerator", "StepReport", "check_prompts_and_seeds", "validate_ratio",
     "FastVARSchedule", "OriginalSchedule", "PruningSchedule", "RatioListSchedule", "TailPatternSchedule",
-    "WidthRatioSchedule", "parse_schedule", "schedule_ratios",
+    "WidthRatioSchedule", "parse_schedule", "run_schedule", "schedule_ratios",
 ]
+
+#: names that ``from generator import X`` used to give and that now live in a backend
+_MOVED_NAMES = {"GeneratorConfig": "embedded.config", "SamplingConfig": "embedded.config",
+                "TokenizerConfig": "embedded.config", "TransformerConfig": "embedded.config",
+                "GenerationState": "embedded.generator", "NextScaleGenerator": "embedded.generator"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED_NAMES:
+        import importlib
+        import warnings
+
+        warnings.warn(f"generator.{name} moved to {_MOVED_NAMES[name]}.{name}; import it from there",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED_NAMES[name]), name)
+    raise AttributeError(f"module 'generator' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from generator.clip_model import EMBEDDED_CLIP_NAME, EMBEDDED_CLIP_WEIGHTS, create_embedded_clip, images_to_clip_input
+from rewards.clip_model import EMBEDDED_CLIP_NAME, EMBEDDED_CLIP_WEIGHTS, create_embedded_clip, images_to_clip_input
 
 
 class ClipWeightsUnavailable(FileNotFoundError):

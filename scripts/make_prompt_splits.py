@@ -13,7 +13,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from generator.domain import PROMPTS_DIR, caption, has_held_out, sample_scene  # noqa: E402
+from domain import PROMPTS_DIR, caption, has_held_out, sample_scene  # noqa: E402
 
 SIZES = {"train": 1000, "val": 100, "test": 100}
 

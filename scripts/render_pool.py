@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from generator.training import render_pool  # noqa: E402
+from embedded.training import render_pool  # noqa: E402
 
 
 def main() -> None:

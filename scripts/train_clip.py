@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from generator.clip_model import (EMBEDDED_CLIP_WEIGHTS, clip_retrieval_r1, create_embedded_clip,  # noqa: E402
+from rewards.clip_model import (EMBEDDED_CLIP_WEIGHTS, clip_retrieval_r1, create_embedded_clip,  # noqa: E402
                                   images_to_clip_input)
-from generator.domain import sample_batch  # noqa: E402
-from generator.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, domain_loader, elapsed_fraction,  # noqa: E402
+from domain import sample_batch  # noqa: E402
+from embedded.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, domain_loader, elapsed_fraction,  # noqa: E402
                                 pick_device, to_float_images)
 from generator.weights_io import save_module  # noqa: E402
 

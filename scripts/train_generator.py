@@ -21,12 +21,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from generator.config import TransformerConfig  # noqa: E402
-from generator.embedded import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_tokenizer  # noqa: E402
-from generator.text import tokenize  # noqa: E402
-from generator.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device,  # noqa: E402
+from embedded.config import TransformerConfig  # noqa: E402
+from embedded.loaders import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_tokenizer  # noqa: E402
+from embedded.text import tokenize  # noqa: E402
+from embedded.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device,  # noqa: E402
                                 to_float_images)
-from generator.transformer import NextScaleTransformer  # noqa: E402
+from embedded.transformer import NextScaleTransformer  # noqa: E402
 from generator.weights_io import save_module  # noqa: E402
 
 

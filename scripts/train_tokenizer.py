@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from generator.cli import add_model_shape_args, model_shape_config  # noqa: E402
-from generator.config import TokenizerConfig  # noqa: E402
-from generator.domain import sample_batch  # noqa: E402
-from generator.embedded import TOKENIZER_WEIGHTS  # noqa: E402
-from generator.tokenizer import MultiScaleVQTokenizer  # noqa: E402
-from generator.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device, psnr_db,  # noqa: E402
+from embedded.cli import add_model_shape_args, model_shape_config  # noqa: E402
+from embedded.config import TokenizerConfig  # noqa: E402
+from domain import sample_batch  # noqa: E402
+from embedded.loaders import TOKENIZER_WEIGHTS  # noqa: E402
+from embedded.tokenizer import MultiScaleVQTokenizer  # noqa: E402
+from embedded.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device, psnr_db,  # noqa: E402
                                 to_float_images)
 from generator.weights_io import save_module  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from generator import domain as d
+import domain as d
 
 
 def test_deterministic_by_seed():

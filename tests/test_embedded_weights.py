@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from generator.clip_model import EMBEDDED_CLIP_WEIGHTS, create_embedded_clip
-from generator.embedded import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_embedded_generator
+from rewards.clip_model import EMBEDDED_CLIP_WEIGHTS, create_embedded_clip
+from embedded.loaders import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_embedded_generator
 from generator.weights_io import WeightsError
 
 
@@ -45,7 +45,7 @@ def test_weights_of_the_wrong_model_are_a_clear_error(tmp_path):
 
 def test_model_card_meets_the_embedded_thresholds(tmp_path):
     """The model card on all 100 test prompts (fewer real images and latency repeats than the CLI)."""
-    from generator.model_card import measure, save_grid
+    from embedded.model_card import measure, save_grid
 
     torch.set_num_threads(2)
     card, images = measure(num_prompts=100, num_real=256, latency_repeats=2)

@@ -14,8 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from generator import (FastVARSchedule, LimitedIntervalGuidance, NoGuidance, RatioListSchedule, ScalarGuidance,
                        TailPatternSchedule, parse_schedule, schedule_ratios)
-from generator.embedded import random_generator
-from generator.text import tokenize
+from embedded.loaders import random_generator
+from embedded.text import tokenize
 
 PROMPT = "a small blue striped square at the top left on a noisy navy background"
 

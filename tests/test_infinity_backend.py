@@ -24,10 +24,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generator.infinity_backend import (
-    REQUIRED_MODULES, SQUARE_SIDES, InfinityGenerator, InfinityOptions, InfinityOptionsError, T5PromptEncoder,
-    flops_table, format_flops_table, main, make_infinity_generator, square_scale_schedule, upstream_scale_schedule,
+from infinity_backend import (
+    SQUARE_SIDES, InfinityGenerator, InfinityOptions, InfinityOptionsError, T5PromptEncoder,
+    flops_table, format_flops_table, make_infinity_generator, square_scale_schedule, upstream_scale_schedule,
 )
+from infinity_backend.arch import REQUIRED_MODULES
+from infinity_backend.cli import main
 from generator.schedules import FastVARSchedule, schedule_ratios
 
 INFINITY_SRC = os.environ.get("INFINITY_SRC")
@@ -164,7 +166,7 @@ def _tiny_upstream(src: str, pn: str, monkeypatch):
     """(upstream namespace, model, vae, text encoder, scale schedule) with random weights on CPU."""
     from transformers import T5Config, T5EncoderModel
 
-    from generator.infinity_backend import import_upstream
+    from infinity_backend import import_upstream
 
     monkeypatch.setitem(sys.modules, "flash_attn", _flash_attn_stand_in())
     up = import_upstream(InfinityOptions(src=src).resolved_src())
@@ -212,7 +214,7 @@ def _upstream_run(model, vae, enc, sched, prompt, seed, cfg, tau, insertion, ret
 
 @needs_infinity
 def test_upstream_schedule_table_matches_fallback(monkeypatch):
-    from generator.infinity_backend import import_upstream
+    from infinity_backend import import_upstream
 
     monkeypatch.setitem(sys.modules, "flash_attn", _flash_attn_stand_in())
     up = import_upstream(InfinityOptions(src=INFINITY_SRC).resolved_src())

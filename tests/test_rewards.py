@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from generator.domain import render_prompt
+from domain import render_prompt
 from rewards import (ClipScorer, ClipWeightsUnavailable, LpipsMetric, LpipsUnavailable, ReferenceCache, RewardConfig,
                      RewardFunction, psnr, ssim)
 

@@ -12,7 +12,7 @@ import torch
 import generate
 import train
 from agents.schedule import RunError, load_agent_schedule
-from generator.embedded import load_embedded_generator
+from embedded.loaders import load_embedded_generator
 
 SHORT = ["--total-timesteps", "128", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "4",
          "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=2", "--no-progress"]

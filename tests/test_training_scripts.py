@@ -35,8 +35,8 @@ DEEP_SCALES = "1,2,3,4,5,6,8,10,13,16"  # a 16x16 latent: enough scales for Fast
 def test_deeper_scale_schedule_trains_and_generates_without_code_changes(tmp_path):
     """The shape the embedded model would need for SSIM to separate FastVAR from heavy skipping
     (>= 9 scales, see README) is a command-line option: tokenizer -> generator -> loaders -> schedules."""
-    from generator.embedded import load_embedded_generator
-    from generator.model_card import heavy_skip_ratios
+    from embedded.loaders import load_embedded_generator
+    from embedded.model_card import heavy_skip_ratios
     from generator.schedules import FastVARSchedule, RatioListSchedule, schedule_ratios
     from scripts import train_generator, train_tokenizer
 

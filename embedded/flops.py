@@ -1,0 +1,90 @@
+"""Analytic FLOPs of the embedded next-scale transformer (multiply-add = 2 FLOPs).
+
+Counted: every linear layer, attention score and value products (self-attention over the current
+KV length, cross-attention over the padded prompt), the tokenizer's phi conv applied to each new
+scale's codes. Not counted (as in torch.utils.flop_counter): norms, activations, softmax, sampling,
+interpolation, gather/scatter. Classifier-free guidance doubles the work of the branch-dependent
+parts because the unconditional branch is a second batch of rows.
+"""
+
+from __future__ import annotations
+
+from embedded.config import TokenizerConfig, TransformerConfig
+
+
+def linear(n: int, d_in: int, d_out: int) -> float:
+    return 2.0 * n * d_in * d_out
+
+
+def attention(n_q: int, n_kv: int, width: int) -> float:
+    """Scores (QK^T) plus weighted values (AV), all heads together."""
+    return 4.0 * n_q * n_kv * width
+
+
+def block_flops(cfg: TransformerConfig, n_tokens: int, kv_len_after: int) -> float:
+    """One block on n_tokens tokens of one image, attending to kv_len_after keys (past + current)."""
+    D, T = cfg.width, cfg.text_context
+    sa = linear(n_tokens, D, 3 * D) + attention(n_tokens, kv_len_after, D) + linear(n_tokens, D, D)
+    ca = linear(n_tokens, D, D) + attention(n_tokens, T, D) + linear(n_tokens, D, D)
+    ffn = linear(n_tokens, D, cfg.mlp_hidden) + linear(n_tokens, cfg.mlp_hidden, D)
+    return sa + ca + ffn
+
+
+def prefill_flops(cfg: TransformerConfig, branches: int = 2) -> float:
+    """Per image: prompt encoder, AdaLN projections, start token and cross-attention K/V, per branch."""
+    D, T = cfg.width, cfg.text_context
+    text = cfg.text_depth * (linear(T, D, 3 * D) + attention(T, T, D) + linear(T, D, D)
+                             + linear(T, D, 4 * D) + linear(T, 4 * D, D))
+    ada = linear(1, D, 6 * D) + linear(1, D, 2 * D) + linear(1, D, D)
+    ca_kv = cfg.depth * linear(T, D, 2 * D)
+    return branches * (text + ada + ca_kv)
+
+
+def step_flops(cfg: TransformerConfig, tok: TokenizerConfig, scale_index: int, n_keep: int | None,
+               kv_lens_before: list[list[int]]) -> float:
+    """FLOPs for one image at one scale.
+
+    n_keep: tokens forwarded through the pruned blocks (None: all tokens). kv_lens_before: for each
+    branch that runs, the per-block self-attention KV length before this scale.
+    """
+    side = tok.scales[scale_index]
+    L = side * side
+    first, last = cfg.pruned_block_range
+    total = 0.0
+    for lens in kv_lens_before:
+        for i, past in enumerate(lens):
+            n = n_keep if (n_keep is not None and first <= i < last) else L
+            total += block_flops(cfg, n, past + n)
+        total += linear(L, cfg.width, cfg.codebook_size)  # head on every token
+    if scale_index > 0:
+        total += linear(L, cfg.latent_channels, cfg.width)  # word embedding, shared by branches
+    if tok.phi_mix > 0:
+        s = tok.latent_size
+        total += 2.0 * s * s * tok.latent_channels * tok.latent_channels * 9
+    return total
+
+
+def schedule_flops(cfg: TransformerConfig, tok: TokenizerConfig, ratios: list[float],
+                   unconditional: list[bool]) -> list[float]:
+    """Per-scale FLOPs for one image under a whole schedule (simulates KV growth per branch)."""
+    from generator.pruning import tokens_kept
+
+    if len(ratios) != len(tok.scales) or len(unconditional) != len(tok.scales):
+        raise ValueError(f"need one ratio and one unconditional flag per scale ({len(tok.scales)}), "
+                         f"got {len(ratios)} and {len(unconditional)}")
+    first, last = cfg.pruned_block_range
+    kv = {"cond": [0] * cfg.depth, "uncond": [0] * cfg.depth}
+    out = []
+    for k, (r, unc) in enumerate(zip(ratios, unconditional)):
+        if r >= 1.0:
+            out.append(0.0)
+            continue
+        L = tok.scales[k] ** 2
+        n_keep = tokens_kept(L, r)
+        n_keep = None if n_keep >= L else n_keep
+        branches = ["cond", "uncond"] if unc else ["cond"]
+        out.append(step_flops(cfg, tok, k, n_keep, [kv[b] for b in branches]))
+        for b in branches:
+            kv[b] = [past + (n_keep if (n_keep is not None and first <= i < last) else L)
+                     for i, past in enumerate(kv[b])]
+    return out

@@ -1,0 +1,3 @@
+from infinity_backend.cli import main
+
+raise SystemExit(main())
