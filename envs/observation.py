@@ -49,9 +49,9 @@ class ObservationBuilder:
             self._prompt_cache[prompt] = emb @ self._proj
         return self._prompt_cache[prompt]
 
-    def chosen_ratios(self, state) -> list[float]:
-        """Ratios already applied on the controllable scales, read from the state's reports."""
-        return [r.ratio for r in state.reports[self.first_controllable:]]
+    def chosen_ratios(self, state, b: int = 0) -> list[float]:
+        """Ratios image b already applied on the controllable scales, read from the state's reports."""
+        return [r.ratio for r in state.image_reports(b)[self.first_controllable:]]
 
     def _pool_matrix(self, side_hw: tuple[int, int], map_hw: tuple[int, int]) -> np.ndarray:
         """(L, h*w) matrix equal to adaptive average pooling of an (h, w) map to ``side_hw`` (cached)."""
@@ -62,11 +62,14 @@ class ObservationBuilder:
             self._pools[key] = F.adaptive_avg_pool2d(eye, side_hw).reshape(n, -1).t().numpy()
         return self._pools[key]
 
-    def content_features(self, state) -> np.ndarray:
-        """FastVAR's token-deviation statistics, spectral and entropy features (NumPy: tiny maps)."""
+    def content_features(self, state, codes_BChw: np.ndarray | None = None, b: int = 0) -> np.ndarray:
+        """Image b's FastVAR token-deviation statistics, spectral and entropy features (NumPy: tiny
+        maps). ``codes_BChw``: the accumulated codes as float64 NumPy (read from the state if None)."""
         from generator.spectral import high_frequency_energy_batch
 
-        codes = self.generator.accumulated_codes(state)[:1].detach().cpu().numpy().astype(np.float64)  # (1, C, h, w)
+        if codes_BChw is None:
+            codes_BChw = self.generator.accumulated_codes(state).detach().cpu().numpy().astype(np.float64)
+        codes = codes_BChw[b:b + 1]  # (1, C, h, w)
         k = min(state.scale_index, state.num_scales - 1)
         side = self.generator.scale_sides[k]
         hw = (side, side) if isinstance(side, int) else tuple(side)
@@ -81,20 +84,37 @@ class ObservationBuilder:
         top = sum(sorted(dev)[-max(1, n_tok // 4):]) / (total + 1e-8)
         hf = float(high_frequency_energy_batch(codes)[0])
         ent = state.last_entropy_B
-        ent = 0.0 if ent is None else float(ent[0]) / self.generator.max_entropy
+        ent = float("nan") if ent is None else float(ent[b])
+        # rounded to 1e-3: the logits it comes from carry ~1e-7 of floating-point noise that depends on the
+        # batch an image is generated in; rounded, an image's observation (and so an agent's decision) is
+        # the same in any batch. NaN: no scale sampled yet.
+        ent = 0.0 if ent != ent else round(ent / self.generator.max_entropy, 3)
         mag = float(np.abs(codes).mean())
         return np.asarray([math.log1p(mean), cv, top, hf, ent, math.log1p(mag)], np.float32)
 
-    def observe(self, state) -> np.ndarray:
+    def observe_batch(self, state) -> np.ndarray:
+        """(B, dim): one observation per image of the state's batch, each exactly what that image
+        would be observed as if it were generated alone (its own codes, FLOPs, ratios and prompt)."""
         n = state.num_scales
         k = min(state.scale_index, n - 1)
         widths = self.generator.scale_widths
-        base = [(state.scale_index - self.first_controllable) / self.controllable, widths[k] / widths[-1],
-                state.flops_used / self.flops_full]
-        prev = [-1.0] * self.controllable
-        chosen = self.chosen_ratios(state)
-        prev[: len(chosen)] = chosen
-        # after the last scale there is no next token map to describe, and no agent acts on this observation
-        content = np.zeros(N_CONTENT_FEATURES, np.float32) if state.finished else self.content_features(state)
-        return np.concatenate([np.asarray(base + prev, np.float32), content,
-                               self.prompt_features(state.prompts[0])]).astype(np.float32)
+        flops = state.flops_used_per_image
+        codes = None if state.finished else self.generator.accumulated_codes(state).detach().cpu().numpy().astype(np.float64)
+        rows = []
+        for b in range(state.batch):
+            base = [(state.scale_index - self.first_controllable) / self.controllable, widths[k] / widths[-1],
+                    flops[b] / self.flops_full]
+            prev = [-1.0] * self.controllable
+            chosen = self.chosen_ratios(state, b)
+            prev[: len(chosen)] = chosen
+            # after the last scale there is no next token map to describe, and no agent acts on this observation
+            content = np.zeros(N_CONTENT_FEATURES, np.float32) if state.finished else self.content_features(state, codes, b)
+            rows.append(np.concatenate([np.asarray(base + prev, np.float32), content,
+                                        self.prompt_features(state.prompts[b])]).astype(np.float32))
+        return np.stack(rows)
+
+    def observe(self, state) -> np.ndarray:
+        """(dim,): the observation of a one-image state (``observe_batch`` for a batch)."""
+        if state.batch != 1:
+            raise ValueError(f"observe() describes one image but the state holds {state.batch}: use observe_batch(state)")
+        return self.observe_batch(state)[0]
