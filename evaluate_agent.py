@@ -54,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_compare_args(args) -> None:
+    """Counts of compare mode (ValueError naming the flag, its value and what is allowed)."""
+    from generator.checks import check_non_negative, check_positive
+
+    check_positive("--num-prompts", args.num_prompts)
+    check_positive("--search-num-prompts", args.search_num_prompts)
+    check_non_negative("--search-evals", args.search_evals)
+    check_non_negative("--grid-prompts", args.grid_prompts)
+
+
 # ---- folder mode ---------------------------------------------------------------------------------
 def folder_mode(args, suite) -> int:
     from evaluation.folders import evaluate_folders, folder_report_markdown
@@ -127,7 +137,7 @@ def compare_mode(args, suite) -> int:
     labels = {r: (r.name if names.count(r.name) == 1 else f"{r.parent.name}/{r.name}") for r in runs}
     configs = [read_run_config(r) for r in runs]
     env_cfgs = [EnvConfig.from_dict(c["env"]) for c in configs]
-    keys = {(e.generator, e.cfg_scale) for e in env_cfgs}
+    keys = {(e.generator, repr(e.cfg_scale)) for e in env_cfgs}  # repr: Infinity's cfg may be a per-scale list
     if len(keys) > 1:
         raise ValueError(f"runs were trained on different generators / CFG scales {sorted(keys)}: evaluate them separately")
     env0 = env_cfgs[0]
@@ -151,7 +161,8 @@ def compare_mode(args, suite) -> int:
     for run, cfg, env_cfg, rfn in zip(runs, configs, env_cfgs, reward_fns):
         tag = labels[run] if len(runs) > 1 else ""
         rl_name = f"rl:{labels[run]}"
-        agent = load_agent_schedule(run, generator, clip=suite.clip if env_cfg.clip_model == args.clip_model else None)
+        same_clip = (env_cfg.clip_model, env_cfg.clip_pretrained) == (args.clip_model, args.clip_pretrained)
+        agent = load_agent_schedule(run, generator, clip=suite.clip if same_clip else None)  # else the run's own CLIP
         results[rl_name] = run_method(generator, Method(rl_name, agent), items)
         target = float(np.mean([r["flops_fraction"] for r in results[rl_name][1]]))
         first = cfg["observation_layout"]["first_controllable_scale"]
@@ -250,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     folder = any(x is not None for x in (args.orig, args.fast, args.rl)) or bool(args.method)
     try:
+        check_compare_args(args)
         if folder and args.orig is None:
             raise ValueError("folder mode needs --orig DIR (the unpruned reference images)")
         if folder and args.run:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.backends import add_generator_args, build_generator
+from generator.backends import add_generator_args, build_generator, resolved_cfg
 from generator.images import to_uint8
 from generator.schedules import run_schedule
 from generator.weights_io import WeightsError, atomic_write_bytes, atomic_write_json
@@ -44,9 +44,21 @@ def slug(text: str, max_len: int = 48) -> str:
     return s[:max_len].rstrip("_") or "prompt"
 
 
+def unique_slug(text: str, taken) -> str:
+    """``slug(text)``, suffixed ``_2``, ``_3``, ... until it is not in ``taken``."""
+    base = name = slug(text)
+    i = 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
 def read_prompts_file(spec: str) -> dict[str, str]:
     """name -> prompt from a TSV / JSON / plain file, or a split name of prompts/."""
     path = Path(spec)
+    if path.is_dir():
+        raise PromptError(f"--prompts {spec!r} is a directory; give a prompts file (name<TAB>prompt lines, a JSON "
+                          f"{{name: prompt}} or one prompt per line) or a split name (train, val, test)")
     if not path.exists():
         from domain import load_prompts
 
@@ -70,16 +82,22 @@ def read_prompts_file(spec: str) -> dict[str, str]:
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             name, sep, prompt = line.partition("\t")
-            if not sep:
-                name, prompt = slug(line), line
-            if name in out:
-                raise PromptError(f"{path}:{n}: duplicate prompt name {name!r}")
+            if not sep:  # a plain line: named by its slug, suffixed _2, _3, ... where slugs of different prompts collide
+                if line.strip() in out.values():
+                    raise PromptError(f"{path}:{n}: prompt {line.strip()!r} appears twice")
+                name, prompt = unique_slug(line, out), line
+            if name.strip() in out:
+                raise PromptError(f"{path}:{n}: duplicate prompt name {name.strip()!r}")
             out[name.strip()] = prompt.strip()
+    from generator.checks import check_folder_name
+
     for name, prompt in out.items():
         if not prompt.strip():
             raise PromptError(f"{path}: prompt {name!r} is empty")
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-            raise PromptError(f"{path}: prompt name {name!r} must use only letters, digits, '_', '-', '.' (it names a folder)")
+        try:
+            check_folder_name(name, f"{path}: prompt name")
+        except ValueError as e:
+            raise PromptError(str(e)) from None
     if not out:
         raise PromptError(f"{path} contains no prompts")
     return out
@@ -88,22 +106,50 @@ def read_prompts_file(spec: str) -> dict[str, str]:
 def collect_prompts(args) -> dict[str, str]:
     if args.prompts is not None and args.prompt:
         raise PromptError("give --prompt or --prompts, not both")
+    if args.num_prompts is not None and args.num_prompts < 1:
+        raise PromptError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    if args.name and args.prompt is not None and not args.prompt:
+        raise PromptError("--name names --prompt values; with --prompts FILE the names come from the file")
     if args.prompts is not None:
         prompts = read_prompts_file(args.prompts)
     elif args.prompt:
-        if args.name and len(args.name) != len(args.prompt):
-            raise PromptError(f"{len(args.name)} --name for {len(args.prompt)} --prompt")
-        names = args.name or [slug(p) for p in args.prompt]
-        prompts = {}
-        for n, p in zip(names, args.prompt):
-            if not p.strip():
-                raise PromptError("--prompt must not be empty")
-            prompts[n] = p
+        prompts = prompts_from_flags(args.prompt, args.name)
     else:
         raise PromptError("no prompts: give --prompt TEXT or --prompts FILE|train|val|test")
     if args.num_prompts is not None:
         prompts = dict(list(prompts.items())[: args.num_prompts])
     return prompts
+
+
+def prompts_from_flags(texts: list[str], names: list[str]) -> dict[str, str]:
+    """name -> prompt for repeated ``--prompt`` (and ``--name``) flags. A prompt given twice is an error
+    (``--images-per-prompt`` makes more images of one prompt); different prompts whose slugs collide
+    (slugs are cut at 48 characters) get ``_2``, ``_3``, ... so that no output folder is overwritten."""
+    from generator.checks import check_folder_name
+
+    if names and len(names) != len(texts):
+        raise PromptError(f"{len(names)} --name for {len(texts)} --prompt (give one --name per --prompt, or none)")
+    for t in texts:
+        if not t.strip():
+            raise PromptError("--prompt must not be empty")
+    repeated = sorted({t for t in texts if texts.count(t) > 1})
+    if repeated:
+        raise PromptError(f"--prompt {repeated[0]!r} is given {texts.count(repeated[0])} times; give each prompt once "
+                          f"(--images-per-prompt N makes N images of it)")
+    if names:
+        for n in names:
+            try:
+                check_folder_name(n, "--name")
+            except ValueError as e:
+                raise PromptError(str(e)) from None
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise PromptError(f"--name {twice[0]!r} is given {names.count(twice[0])} times: each prompt needs its own folder")
+        return dict(zip(names, texts))
+    out: dict[str, str] = {}
+    for t in texts:
+        out[unique_slug(t, out)] = t
+    return out
 
 
 def save_image(img_3HW: torch.Tensor, path: Path, quality: int = 95) -> None:
@@ -196,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         from generator.backends import backend
 
         cfg_default = backend(args.generator).default_cfg if cfg_default is None else cfg_default
-        effective_cfg = cfg_default if args.cfg is None else args.cfg
+        effective_cfg = resolved_cfg(args, cfg_default)
         generator = build_generator(args, cfg_default=cfg_default)
         if args.agent is not None:
             schedule = load_agent_schedule(args.agent, generator, which=args.agent_model)
@@ -208,6 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    if args.generator == "tiny":  # not an error: the model is only never trained on other text (README)
+        from generator.checks import check_prompt_in_grammar
+
+        for name, prompt in prompts.items():
+            try:
+                check_prompt_in_grammar(prompt)
+            except ValueError as e:
+                print(f"warning: {e}", file=sys.stderr)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,40 @@ def check_layout(layout: dict, generator, observer_dim: int | None = None) -> No
         raise RunError("trained agent does not fit this generator: " + "; ".join(problems))
 
 
+def _differing_span(a: str, b: str, context: int = 24) -> tuple[str, str]:
+    """The part where two strings differ, with ``context`` characters on each side ('...' where cut)."""
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    j = 0
+    while j < min(len(a), len(b)) - i and a[len(a) - 1 - j] == b[len(b) - 1 - j]:
+        j += 1
+    start = max(0, i - context)
+
+    def span(s: str) -> str:
+        end = min(len(s), len(s) - j + context)
+        return ("..." if start > 0 else "") + s[start:end] + ("..." if end < len(s) else "")
+
+    return span(a), span(b)
+
+
+def check_same_generator(cfg: dict, generator, run: Path) -> None:
+    """Raise if ``generator`` makes other images than the one the run was trained on: another guidance
+    (``--cfg``, ``--cfg-scales``), sampling (``--temperature``, ``--top-k``) or model. The agent's
+    observations (entropy, code statistics) and the FLOPs it learned to spend depend on all of them.
+    Runs written before the fingerprint was recorded are not checked."""
+    trained = cfg.get("generator_fingerprint")
+    if trained is None or not hasattr(generator, "fingerprint"):
+        return
+    here = generator.fingerprint()
+    if here != trained:
+        a, b = _differing_span(trained, here)
+        raise RunError(f"run {run} was trained on another generator configuration: {a} (run) vs {b} (here). "
+                       f"The run was trained with cfg_scale {cfg.get('env', {}).get('cfg_scale')}; generate.py "
+                       f"and evaluate_agent.py use the run's settings when --cfg, --cfg-scales, --temperature and "
+                       f"--top-k are not given")
+
+
 class AgentSchedule:
     """Queries a trained SB3 policy (deterministically) for each controllable scale's ratio."""
 
@@ -125,6 +159,7 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     layout = dict(cfg["observation_layout"], run=run.name)
     env_cfg = EnvConfig.from_dict(cfg["env"])
     check_layout(layout, generator)
+    check_same_generator(cfg, generator, run)
     if clip is None and env_cfg.prompt_embedding_dim > 0:
         clip = make_clip(env_cfg)
     observer = ObservationBuilder(generator, layout["first_controllable_scale"], env_cfg.prompt_embedding_dim, clip)

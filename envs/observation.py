@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 
 N_BASE_FEATURES = 3
-N_CONTENT_FEATURES = 6
+#: the content features, in observation order. "code deviation" is measured on the *latent codes*: the
+#: accumulated code map average-pooled to the token map about to run (the input that scale is
+#: conditioned on). FastVAR's selection score is the same kind of deviation measured on the
+#: transformer's hidden states (residual stream) at the pruning layer, which only exist once the scale
+#: runs, after the agent has decided; these features are a cheap proxy of it, not the score itself.
+CONTENT_FEATURE_NAMES = ("log1p_code_deviation_mean", "code_deviation_cv", "code_deviation_top_quarter_share",
+                         "code_high_frequency_energy", "last_scale_entropy_fraction", "log1p_code_magnitude")
+N_CONTENT_FEATURES = len(CONTENT_FEATURE_NAMES)
 PROJECTION_SEED = 12345
 
 
@@ -63,7 +70,9 @@ class ObservationBuilder:
         return self._pools[key]
 
     def content_features(self, state) -> np.ndarray:
-        """FastVAR's token-deviation statistics, spectral and entropy features (NumPy: tiny maps)."""
+        """``CONTENT_FEATURE_NAMES`` for the token map about to run: deviation statistics of the latent codes
+        pooled to that map (not FastVAR's hidden-state score, see the constant), spectral energy of the
+        accumulated codes, the last scale's sampling entropy, the code magnitude (NumPy: tiny maps)."""
         from generator.spectral import high_frequency_energy_batch
 
         codes = self.generator.accumulated_codes(state)[:1].detach().cpu().numpy().astype(np.float64)  # (1, C, h, w)

@@ -43,7 +43,7 @@ class VarPruneEnv(gym.Env):
     | 1 | token-map side of the scale about to run / final side |
     | 2 | FLOPs spent so far / FLOPs of the unpruned image |
     | 3 .. 3+C-1 | ratios already chosen for the controllable scales (-1 = not yet) |
-    | 3+C | log1p of the mean squared deviation of the scale's input tokens from their mean (FastVAR's selection score) |
+    | 3+C | latent-code deviation: log1p of the mean squared deviation of the scale's input codes (the accumulated code map pooled to this scale's tokens) from their mean |
     | 3+C+1 | coefficient of variation of those deviations |
     | 3+C+2 | share of the total deviation held by the top quarter of tokens |
     | 3+C+3 | high-frequency spectral energy fraction of the accumulated codes |
@@ -51,8 +51,11 @@ class VarPruneEnv(gym.Env):
     | 3+C+5 | log1p of the mean absolute accumulated code value |
     | 3+C+6 .. | fixed random projection of the prompt's CLIP text embedding (E values) |
 
-    Entries 3+C .. 3+C+5 describe the token map about to run; in the observation returned with
-    ``terminated=True`` they are 0 (there is no next scale, and no agent acts on that observation).
+    Entries 3+C .. 3+C+5 (``envs.observation.CONTENT_FEATURE_NAMES``) describe the token map about to run.
+    The deviation features are computed on latent codes, a proxy of FastVAR's selection score (which
+    is measured on the transformer's hidden states at the pruning layer, only once the scale runs). In
+    the observation returned with ``terminated=True`` they are 0 (there is no next scale, and no agent
+    acts on that observation).
 
     ## Rewards
     Every step: ``flops_weight * (FLOPs saved at this scale vs the unpruned image) / FLOPs(unpruned
