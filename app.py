@@ -16,6 +16,7 @@ is ``evaluation.explorer`` (tested without a browser); this file only lays it ou
 from __future__ import annotations
 
 import argparse
+import html
 import os
 import sys
 from pathlib import Path
@@ -79,15 +80,18 @@ def build_page(explorer, default_run: str = "", default_prompt: str = DEFAULT_PR
                                            elem_id="agent", scale=3)
                     which = gr.Radio(["best", "final"], value="best", label="model", elem_id="which", scale=1)
                 first_text, first_range = agent_form_state(default_run)
-                agent_note = gr.Markdown(first_text, elem_id="agent-note")
+                agent_note = gr.Markdown(html.escape(first_text), elem_id="agent-note")
                 budget = gr.Slider(*(first_range or (0.0, 1.0)), value=(first_range or (0.0, 1.0))[1], step=0.01,
                                    label="FLOPs budget (budget-conditioned agents)", visible=first_range is not None,
                                    elem_id="budget")
         run_btn = gr.Button("Run", variant="primary", elem_id="run")
-        error = gr.Markdown(visible=False, elem_id="error")
+        error = gr.HTML(visible=False, elem_id="error")
         gr.Markdown("\n\n".join(f"*note: {n}*" for n in explorer.notes), visible=bool(explorer.notes))
-        gallery = gr.Gallery(label="Images (Original first)", columns=len(SCHEDULE_KINDS), height=300,
-                             object_fit="contain", elem_id="gallery", visible=False)
+        finals = {}
+        with gr.Row(equal_height=True):
+            for kind in SCHEDULE_KINDS:
+                finals[kind] = gr.Image(label=KIND_TITLES[kind], type="numpy", interactive=False, visible=False,
+                                        elem_id=f"final-{kind}", buttons=[], height=220, min_width=180)
         table = gr.Markdown(elem_id="table", visible=False)
         slots = []
         for kind in SCHEDULE_KINDS:
@@ -109,6 +113,7 @@ def build_page(explorer, default_run: str = "", default_prompt: str = DEFAULT_PR
 
         def on_agent(run_dir):
             text, rng = agent_form_state(run_dir)
+            text = html.escape(text)  # error messages quote '<kind> <colour>'-style placeholders
             if rng is None:
                 return text, gr.update(visible=False)
             return text, gr.update(visible=True, minimum=rng[0], maximum=rng[1], value=rng[1])
@@ -118,9 +123,12 @@ def build_page(explorer, default_run: str = "", default_prompt: str = DEFAULT_PR
             view = page_view(explorer, prompt_text, seed_value, named_value, widths_text, run_dir, which_value,
                              budget_value if rng is not None else None)
             shown = view.error is None
-            out = [gr.update(value=view.error or "", visible=not shown),
-                   gr.update(value=view.gallery if shown else None, visible=shown),
+            out = [gr.update(value=error_html(view.error), visible=not shown),
                    gr.update(value=view.table_md, visible=shown)]
+            for kind in SCHEDULE_KINDS:
+                final = view.finals.get(kind)
+                out.append(gr.update(visible=False, value=None) if final is None
+                           else gr.update(visible=True, value=final[0], label=final[1]))
             for kind, *_ in slots:
                 detail = view.details.get(kind)
                 if detail is None:
@@ -133,9 +141,17 @@ def build_page(explorer, default_run: str = "", default_prompt: str = DEFAULT_PR
         split.change(on_split, split, pick)
         pick.change(on_pick, pick, prompt)
         agent_dir.change(on_agent, agent_dir, [agent_note, budget])
-        outputs = [error, gallery, table] + [c for _, *comps in slots for c in comps]
+        outputs = [error, table] + [finals[k] for k in SCHEDULE_KINDS] + [c for _, *comps in slots for c in comps]
         run_btn.click(on_run, [prompt, seed, named, widths_box, agent_dir, which, budget], outputs)
     return demo
+
+
+def error_html(message: str | None) -> str:
+    """The message as the CLIs print it, in a red box (escaped: messages quote '<colour>'-style placeholders)."""
+    if not message:
+        return ""
+    return ('<div style="border:1px solid #d32f2f;background:#fdecea;color:#b71c1c;padding:8px 12px;'
+            f'border-radius:6px;white-space:pre-wrap;font-family:monospace">{html.escape(message)}</div>')
 
 
 def page_theme():

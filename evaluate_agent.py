@@ -64,6 +64,13 @@ def check_compare_args(args) -> None:
     check_non_negative("--grid-prompts", args.grid_prompts)
 
 
+def clip_for_agent(env_cfg, args, suite):
+    """The metric suite's CLIP where it is the model *and* weights the run observes prompts with, else None
+    (``load_agent_schedule`` then builds the run's own)."""
+    same = (env_cfg.clip_model, env_cfg.clip_pretrained) == (args.clip_model, args.clip_pretrained)
+    return suite.clip if same else None
+
+
 # ---- folder mode ---------------------------------------------------------------------------------
 def folder_mode(args, suite) -> int:
     from evaluation.folders import evaluate_folders, folder_report_markdown
@@ -161,8 +168,7 @@ def compare_mode(args, suite) -> int:
     for run, cfg, env_cfg, rfn in zip(runs, configs, env_cfgs, reward_fns):
         tag = labels[run] if len(runs) > 1 else ""
         rl_name = f"rl:{labels[run]}"
-        same_clip = (env_cfg.clip_model, env_cfg.clip_pretrained) == (args.clip_model, args.clip_pretrained)
-        agent = load_agent_schedule(run, generator, clip=suite.clip if same_clip else None)  # else the run's own CLIP
+        agent = load_agent_schedule(run, generator, clip=clip_for_agent(env_cfg, args, suite))
         results[rl_name] = run_method(generator, Method(rl_name, agent), items)
         target = float(np.mean([r["flops_fraction"] for r in results[rl_name][1]]))
         first = cfg["observation_layout"]["first_controllable_scale"]

@@ -429,6 +429,8 @@ def scales_chart(outcome: ScheduleOutcome, width_px: int = 420) -> np.ndarray:
         if s.skipped:
             b.set_hatch("//")
             ax_r.text(b.get_x() + b.get_width() / 2, 0.5, "skip", ha="center", va="center", fontsize=7, rotation=90)
+    if not any(s.skipped or s.ratio > 0 for s in scales):
+        ax_r.text(0.5, 0.5, "no pruning", transform=ax_r.transAxes, ha="center", va="center", fontsize=9, color="#555555")
     ax_r.set_ylim(0, 1.05)
     ax_r.set_ylabel("ratio")
     ax_r.set_title(f"{outcome.label}: {outcome.flops_fraction:.3f} of the FLOPs", fontsize=9)
@@ -461,7 +463,8 @@ class PageView:
 
     error: str | None = None
     table_md: str = ""
-    gallery: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    #: per schedule kind shown: (final image, upscaled, caption with its FLOPs fraction, latency and SSIM)
+    finals: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
     #: per schedule kind shown: (title Markdown, intermediates strip, per-scale chart, metrics Markdown)
     details: dict[str, tuple[str, np.ndarray, np.ndarray, str]] = field(default_factory=dict)
     comparison: Comparison | None = None
@@ -502,8 +505,8 @@ def page_view(explorer: Explorer, prompt: str, seed, named: list[str], widths_te
                               f"{type(e).__name__}: {e}")
     view = PageView(table_md=comparison.table_markdown(), comparison=comparison)
     for o in comparison.outcomes:
-        caption = f"{o.label}: {o.flops_fraction:.3f} of the FLOPs, {o.latency_ms:.0f} ms, SSIM {o.ssim:.3f}"
-        view.gallery.append((upscale(o.image_HW3, image_px), caption))
+        caption = f"{o.label}: {o.flops_fraction:.3f} of the FLOPs, SSIM {o.ssim:.3f}"
+        view.finals[o.request.kind] = (upscale(o.image_HW3, image_px), caption)
         view.details[o.request.kind] = (f"### {o.label}", intermediates_strip(o.scales), scales_chart(o), o.metrics_markdown())
     return view
 

@@ -11,11 +11,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import generate
 import train
-from evaluation.explorer import (Explorer, ScheduleRequest, agent_budget_range, agent_form_state, intermediates_strip,
+from evaluation.explorer import (Explorer, agent_budget_range, agent_form_state, intermediates_strip,
                                  page_view, requests_from_form, scales_chart)
 from generator.images import to_uint8
 from generator.schedules import FastVARSchedule, TailPatternSchedule, schedule_ratios
@@ -25,7 +24,6 @@ PROMPT = "a small blue dotted star at the top left on a plain black background"
 
 @pytest.fixture(scope="module")
 def explorer():
-    torch.set_num_threads(2)
     return Explorer.build(latency_repeats=1)
 
 
@@ -93,7 +91,7 @@ def test_bad_input_shows_the_message_the_cli_prints(explorer, tmp_path, capsys, 
     form = {"prompt": PROMPT, "widths": "", "agent": ""}
     form[field] = value
     view = page_view(explorer, form["prompt"], 0, ["FastVAR"], form["widths"], form["agent"])
-    assert view.error is not None and view.comparison is None and not view.gallery
+    assert view.error is not None and view.comparison is None and not view.finals
     code = generate.main(argv + ["--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     if field == "prompt":  # the CLI makes the image anyway and warns; the page, for the domain, refuses
