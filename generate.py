@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", default="original", help='original | fastvar | tail | "width:ratio,..."')
     s.add_argument("--agent", type=Path, default=None, metavar="RUN_DIR", help="a train.py run: its agent picks the ratios")
     ap.add_argument("--agent-model", default="best", choices=("best", "final"))
+    ap.add_argument("--budget", type=float, default=None, metavar="B",
+                    help="FLOPs budget for a budget-conditioned --agent (fraction of the unpruned transformer FLOPs, "
+                         "inside the run's trained range); every image stays within it")
     ap.add_argument("--seed", type=int, default=0, help="image seed of the first image of each prompt")
     ap.add_argument("--images-per-prompt", type=int, default=1, help="seeds seed, seed+1, ... -> 1.jpg, 2.jpg, ...")
     ap.add_argument("--out", type=Path, default=Path("results"))
@@ -198,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg_default = backend(args.generator).default_cfg if cfg_default is None else cfg_default
         effective_cfg = cfg_default if args.cfg is None else args.cfg
         generator = build_generator(args, cfg_default=cfg_default)
+        if args.budget is not None and args.agent is None:
+            raise ValueError(f"--budget {args.budget} applies to a budget-conditioned --agent; a fixed --schedule "
+                             f"has fixed FLOPs")
         if args.agent is not None:
-            schedule = load_agent_schedule(args.agent, generator, which=args.agent_model)
-            schedule_spec = f"agent:{args.agent}"
+            schedule = load_agent_schedule(args.agent, generator, which=args.agent_model, budget=args.budget)
+            schedule_spec = f"agent:{args.agent}" + ("" if args.budget is None else f"@budget={args.budget:g}")
         else:
             schedule = parse_schedule(args.schedule, generator.scale_widths)
             schedule_spec = args.schedule
