@@ -159,6 +159,10 @@ def test_hpsv2_scores_in_the_table_from_a_local_checkpoint(generated, tmp_path):
     prompts = [METADATA[0]["prompt"]]
     cos = float((clip.image_embedding(x) * clip.text_embedding(prompts)).sum())
     assert hps(x, prompts)[0] == pytest.approx(cos, abs=1e-5)
+    from evaluation.metrics import MetricSuite
+
+    row = MetricSuite(clip, None, hpsv2=hps).score(x, prompts, None)[0]  # folder / compare mode's per-image row
+    assert row["hpsv2"] == pytest.approx(cos, abs=1e-5) and row["clip_score"] == pytest.approx(100 * max(cos, 0), abs=1e-3)
     results = tmp_path / "r.jsonl"
     results.write_text("\n".join(geneval_results_line(str(generated / "original" / f"{i:05d}" / "samples" / f"{k:04d}.png"),
                                                       m, True) for i, m in enumerate(METADATA) for k in range(2)) + "\n")
@@ -176,6 +180,8 @@ def test_hpsv2_bad_checkpoints_are_clear_errors(tmp_path, capsys):
     assert evaluate_agent.main(["--geneval", f"a={tmp_path / 'r.jsonl'}", "--hpsv2-checkpoint", str(tmp_path / "HPS_v2.1.pt")]) == 2
     err = capsys.readouterr().err
     assert "HPS_v2.1.pt does not exist" in err and "nothing is downloaded" in err
+    assert evaluate_agent.main(["--orig", str(tmp_path), "--fast", str(tmp_path), "--hpsv2-checkpoint", str(tmp_path / "h.pt")]) == 2
+    assert "h.pt does not exist" in capsys.readouterr().err  # folder mode: the same scorer through MetricSuite
     wrong = tmp_path / "wrong.pt"
     torch.save({"state_dict": {"visual.proj": torch.zeros(3)}}, wrong)
     with pytest.raises(HPSv2Unavailable, match="does not fit open_clip varprune-clip-tiny"):
@@ -287,3 +293,17 @@ def test_geneval_table_bad_input(tmp_path, capsys, case, message):
 
 def test_tag_names_follow_geneval():
     assert list(GENEVAL_TAGS) == ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
+
+
+def test_rerun_with_the_same_settings_replaces_prompt_folders(generated, capsys):
+    meta = generated / "evaluation_metadata.jsonl"
+    out = generated / "original"
+    stale = out / ".00001.partial"  # what a killed run leaves: never read by GenEval (not all digits), removed
+    (stale / "samples").mkdir(parents=True)
+    before = {p: p.read_bytes() for p in sorted(out.glob("0000[01]/samples/*.png"))}
+    cfg1 = (out / "00001" / "config.json").read_text()
+    assert generate.main(["--prompts", f"geneval:{meta}", "--num-prompts", "1", "--images-per-prompt", "2",
+                          "--out", str(out)]) == 0
+    assert not stale.exists() and sorted(p.name for p in out.iterdir()) == ["00000", "00001", "00002"]
+    assert {p: p.read_bytes() for p in sorted(out.glob("0000[01]/samples/*.png"))} == before  # same seeds, same images
+    assert (out / "00001" / "config.json").read_text() == cfg1  # beyond --num-prompts: untouched
