@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fast", type=Path, default=None, help="FastVAR images")
     f.add_argument("--rl", type=Path, default=None, help="RL-agent images")
     f.add_argument("--method", action="append", default=[], metavar="NAME=DIR", help="more image sets (repeatable)")
+    g = ap.add_argument_group("GenEval mode (tabulate GenEval's evaluate_images.py results; see evaluation/geneval.py)")
+    g.add_argument("--geneval", action="append", default=[], metavar="NAME=RESULTS.jsonl[@IMAGES_DIR]",
+                   help="one per method, the first is the reference; IMAGES_DIR: the folder GenEval scored (for config.json)")
     m = ap.add_argument_group("metrics")
     m.add_argument("--json", type=Path, default=None, help="also write the summary JSON here")
     m.add_argument("--clip-model", default=None, help="open_clip model name (default: the shipped small CLIP)")
@@ -51,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
     m.add_argument("--lpips-backbone", default=None, help="torchvision backbone weights file for LPIPS")
     m.add_argument("--image-reward", action="store_true", help="also score with ImageReward if installed")
+    m.add_argument("--hpsv2-checkpoint", default=None, metavar="PATH", help="also score HPSv2 with this local checkpoint")
     return ap
 
 
@@ -263,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     from evaluation.metrics import MetricSuite
     from generator.weights_io import WeightsError
     from rewards import ClipWeightsUnavailable, LpipsUnavailable
+    from evaluation.geneval import run_geneval_mode
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     folder = any(x is not None for x in (args.orig, args.fast, args.rl)) or bool(args.method)
@@ -272,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("folder mode needs --orig DIR (the unpruned reference images)")
         if folder and args.run:
             raise ValueError("--run (compare mode) and --orig/--fast/--rl (folder mode) cannot be combined")
-        suite = MetricSuite.build(args.clip_model, args.clip_pretrained, args.lpips_net, args.lpips_backbone, args.image_reward)
+        if args.geneval:
+            return run_geneval_mode(args, other_modes=folder or bool(args.run))
+        suite = MetricSuite.build(args.clip_model, args.clip_pretrained, args.lpips_net, args.lpips_backbone, args.image_reward,
+                                  args.hpsv2_checkpoint)
         if args.image_reward and suite.image_reward is None:
             print(f"note: ImageReward {suite.image_reward_why}; continuing without it", file=sys.stderr)
         return folder_mode(args, suite) if folder else compare_mode(args, suite)

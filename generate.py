@@ -4,6 +4,7 @@
     python generate.py --prompts prompts.tsv --schedule fastvar --out results
     python generate.py --prompts test --schedule "5:0.5,6:1,8:1" --save-intermediate --dft
     python generate.py --prompts test --agent runs/ppo_s0
+    python generate.py --prompts geneval:GENEVAL/prompts/evaluation_metadata.jsonl --images-per-prompt 4 --out geneval_fastvar --schedule fastvar
 
 Prompts: ``--prompt TEXT`` (repeatable; named by ``--name`` or a slug of the text), or ``--prompts``
 with a file of ``name<TAB>prompt`` lines, a JSON dict ``{name: prompt}``, plain one-prompt-per-line
@@ -15,6 +16,10 @@ Writes, per prompt, ``OUT/gen_images_<name>/1.jpg`` (2.jpg, ... with --images-pe
 into ``OUT/config_all.json``; ``--save-intermediate`` adds ``summed_codes/`` and ``rescale_codes/``
 PNGs per non-skipped scale, ``--dft`` adds ``fourier_{pixel,latent}_*/scale_<si>.npy`` spectra
 (see scripts/analyze_fourier.py).
+
+``--prompts geneval:PATH/evaluation_metadata.jsonl`` writes GenEval's layout instead, for its
+``evaluation/evaluate_images.py OUT``: ``OUT/<i, 5 digits>/metadata.jsonl``, ``samples/<k, 4 digits>.png``
+and our ``config.json`` beside them (evaluation/geneval.py).
 """
 
 from __future__ import annotations
@@ -212,12 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     ap.add_argument("--name", action="append", default=[], help="folder name for each --prompt (repeatable)")
-    ap.add_argument("--prompts", default=None, help="prompts file (name<TAB>prompt / JSON / lines) or train|val|test")
+    ap.add_argument("--prompts", default=None, help="prompts file (name<TAB>prompt / JSON / lines), train|val|test, "
+                    "or geneval:PATH/evaluation_metadata.jsonl (GenEval's layout)")
     ap.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts")
     s = ap.add_mutually_exclusive_group()
     s.add_argument("--schedule", default="original", help='original | fastvar | tail | "width:ratio,..."')
     s.add_argument("--agent", type=Path, default=None, metavar="RUN_DIR", help="a train.py run: its agent picks the ratios")
     ap.add_argument("--agent-model", default="best", choices=("best", "final"))
+    ap.add_argument("--budget", type=float, default=None, metavar="B",
+                    help="FLOPs budget for a budget-conditioned --agent (fraction of the unpruned transformer FLOPs, "
+                         "inside the run's trained range); every image stays within it")
     ap.add_argument("--seed", type=int, default=0, help="image seed of the first image of each prompt")
     ap.add_argument("--images-per-prompt", type=int, default=1, help="seeds seed, seed+1, ... -> 1.jpg, 2.jpg, ...")
     ap.add_argument("--out", type=Path, default=Path("results"))
@@ -230,12 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from agents.schedule import RunError, load_agent_schedule, read_run_config
+    from evaluation.geneval import GenEvalError, geneval_prompt_set, write_geneval_layout
     from generator.schedules import parse_schedule
 
     try:
         if args.images_per_prompt < 1:
             raise ValueError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")
-        prompts = collect_prompts(args)
+        geneval = geneval_prompt_set(args.prompts, args.num_prompts, bool(args.prompt), args.save_intermediate or args.dft)
+        prompts = collect_prompts(args) if geneval is None else {}
         cfg_default = None
         if args.agent is not None:
             cfg_default = read_run_config(args.agent)["env"].get("cfg_scale")
@@ -244,9 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg_default = backend(args.generator).default_cfg if cfg_default is None else cfg_default
         effective_cfg = resolved_cfg(args, cfg_default)
         generator = build_generator(args, cfg_default=cfg_default)
+        if args.budget is not None and args.agent is None:
+            raise ValueError(f"--budget {args.budget} applies to a budget-conditioned --agent; a fixed --schedule "
+                             f"has fixed FLOPs")
         if args.agent is not None:
-            schedule = load_agent_schedule(args.agent, generator, which=args.agent_model)
-            schedule_spec = f"agent:{args.agent}"
+            schedule = load_agent_schedule(args.agent, generator, which=args.agent_model, budget=args.budget)
+            schedule_spec = f"agent:{args.agent}" + ("" if args.budget is None else f"@budget={args.budget:g}")
         else:
             schedule = parse_schedule(args.schedule, generator.scale_widths)
             schedule_spec = args.schedule
@@ -276,6 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     run_info = {"generator": getattr(generator, "backend", "?"), "generator_fingerprint": generator.fingerprint(),
                 "schedule": schedule_spec, "cfg": effective_cfg, "cfg_scales": args.cfg_scales, "temperature": args.temperature,
                 "top_k": args.top_k, "scale_widths": widths, "flops_full": flops_full}
+    if geneval is not None:
+        def generate_image(prompt: str, seed: int):
+            if hasattr(schedule, "bind"):
+                schedule.bind(None)
+            return run_one(generator, schedule, prompt, seed, None)
+
+        try:
+            write_geneval_layout(geneval, out, run_info, generate_image, args.images_per_prompt, args.seed)
+        except GenEvalError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     for name, prompt in prompts.items():
         folder = out / f"gen_images_{name}"
         records = []

@@ -52,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classifier-free guidance scale (default: 3 for tiny; for infinity the options file's 'cfg', "
                          "which this overrides)")
     g = ap.add_argument_group("reward (see README 'Reward')")
-    g.add_argument("--reward-preset", default=None, choices=("embedded", "infinity"),
-                   help="default: embedded for --generator tiny, infinity otherwise")
+    g.add_argument("--reward-preset", default=None, choices=("embedded", "embedded_budget", "infinity"),
+                   help="default: embedded_budget with --budget-range on --generator tiny, embedded without; "
+                        "infinity otherwise")
+    g.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="train a budget-conditioned agent: each episode's FLOPs budget (fraction of the unpruned "
+                        "transformer FLOPs) is drawn from [LOW, HIGH] and observed; a budget guard keeps every "
+                        "image within it")
     g.add_argument("--flops-weight", type=float, default=None)
     g.add_argument("--clip-weight", type=float, default=None)
     g.add_argument("--ssim-weight", type=float, default=None)
@@ -96,8 +101,13 @@ def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
     from envs.config import EnvConfig
     from rewards.reward import RewardConfig
 
-    preset = args.reward_preset or ("embedded" if args.generator == "tiny" else "infinity")
-    reward = RewardConfig.embedded() if preset == "embedded" else RewardConfig.infinity()
+    budget_range = getattr(args, "budget_range", None)
+    preset = args.reward_preset or ("infinity" if args.generator != "tiny" else
+                                    "embedded_budget" if budget_range is not None else "embedded")
+    reward = {"embedded": RewardConfig.embedded, "embedded_budget": RewardConfig.embedded_budget,
+              "infinity": RewardConfig.infinity}[preset]()
+    if budget_range is not None and preset == "infinity":
+        reward.flops_weight, reward.flops_budget = 0.0, None  # quality alone under the episode's budget
     for flag, field in (("flops_weight", "flops_weight"), ("clip_weight", "clip_weight"), ("ssim_weight", "ssim_weight"),
                         ("lpips_weight", "lpips_weight"), ("flops_budget", "flops_budget"), ("budget_penalty", "budget_penalty")):
         v = getattr(args, flag)
@@ -117,7 +127,8 @@ def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
     return EnvConfig(generator=args.generator, prompts=args.train_prompts, image_seeds=args.image_seeds,
                      num_controllable=args.num_controllable, allow_drop_unconditional=args.allow_drop_unconditional,
                      cfg_scale=cfg_scale, reward=reward, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
-                     lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone, infinity=infinity).validate()
+                     lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone, infinity=infinity,
+                     budget_range=None if budget_range is None else tuple(budget_range)).validate()
 
 
 def unique_run_dir(out: Path, name: str) -> Path:
@@ -130,10 +141,16 @@ def unique_run_dir(out: Path, name: str) -> Path:
 
 
 def evaluate_fixed_schedule(env, ratios: list[float], episodes: int) -> dict:
-    """Run a fixed ratio list through the (cycling) validation env; mean reward, FLOPs and quality."""
+    """Run a fixed ratio list through the (cycling) validation env; mean reward, FLOPs and quality.
+    In a budget-conditioned env every episode gets the schedule's own FLOPs as its budget (clipped to
+    the trained range), so the guard leaves the schedule as it is wherever the range allows."""
     rewards, fracs, clips, ssims = [], [], [], []
+    options = None
+    if env.config.budget_range is not None:
+        lo, hi = env.config.budget_range
+        options = {"budget": min(max(env.generator.flops_fraction(ratios), lo), hi)}
     for _ in range(episodes):
-        env.reset()
+        env.reset(options=options)
         total, done, info = 0.0, False, {}
         while not done:
             k = env.unwrapped._state.scale_index

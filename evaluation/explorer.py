@@ -168,8 +168,8 @@ class AgentInfo:
 
 def agent_budget_range(run_config: dict) -> tuple[float, float] | None:
     """The FLOPs-budget range a budget-conditioned agent was trained on (``env.budget_range`` in its
-    config.json, [low, high] as fractions of the unpruned transformer FLOPs), or None for an agent
-    trained at one fixed budget (every run train.py writes today)."""
+    config.json, [low, high] as fractions of the unpruned transformer FLOPs: ``train.py --budget-range``),
+    or None for an agent trained at one fixed budget."""
     rng = run_config.get("env", {}).get("budget_range")
     if rng is None:
         return None
@@ -293,27 +293,17 @@ class Explorer:
         return self._agent(request)
 
     def _agent(self, request: ScheduleRequest):
+        """The run as a schedule (``load_agent_schedule``: the fit checks and budget checks generate.py runs,
+        with its messages), cached until the run's files change."""
         info = self.agent_info(request.text)
-        if info.budget_range is None and request.budget is not None:
-            raise ValueError(f"run {info.run} was trained at one fixed FLOPs budget; it takes no budget "
-                             f"(got {request.budget:g})")
-        if info.budget_range is not None:
-            low, high = info.budget_range
-            if request.budget is None or not low <= request.budget <= high:
-                raise ValueError(f"budget {request.budget} is outside the range run {info.run} was trained on: "
-                                 f"{low:g} to {high:g}")
         stamps = tuple(p.stat().st_mtime_ns if p.is_file() else None
                        for p in (info.run / "config.json", info.run / f"{request.which}_model.zip"))
-        key = (str(info.run.resolve()), request.which, stamps)  # a retrained or edited run is loaded (and checked) again
+        # a retrained or edited run is loaded (and checked) again; each budget is its own schedule
+        key = (str(info.run.resolve()), request.which, stamps, request.budget)
         if key not in self._agents:
-            self._agents[key] = load_agent_schedule(info.run, self.generator, which=request.which, clip=self._run_clip(info))
-        agent = self._agents[key]
-        if info.budget_range is not None:
-            if not hasattr(agent, "set_budget"):
-                raise RunError(f"run {info.run} is budget-conditioned, but this checkout's agents.schedule cannot "
-                               "give an agent its budget (update the project)")
-            agent.set_budget(request.budget)
-        return agent
+            self._agents[key] = load_agent_schedule(info.run, self.generator, which=request.which,
+                                                    clip=self._run_clip(info), budget=request.budget)
+        return self._agents[key]
 
     def _run_clip(self, info: AgentInfo):
         """The page's CLIP where the run observes prompts with the same model and weights, else None (then

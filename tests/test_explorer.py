@@ -116,13 +116,15 @@ def test_budget_range_is_read_only_where_a_run_records_one():
     assert agent_budget_range({"env": {"budget_range": [0.2, 0.7]}}) == (0.2, 0.7)
 
 
-def test_a_trained_agent_runs_beside_the_schedules_and_a_budget_it_cannot_take_is_refused(explorer, tmp_path):
+SHORT_RUN = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
+             "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress"]
+
+
+def test_a_trained_agent_runs_beside_the_schedules_and_a_budget_it_cannot_take_is_refused(explorer, tmp_path, capsys):
     """A short real run (train.py) plugged into the page: its column is the agent's generation."""
     from agents.schedule import load_agent_schedule
 
-    assert train.main(["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
-                       "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress",
-                       "--out", str(tmp_path), "--name", "a"]) == 0
+    assert train.main(SHORT_RUN + ["--out", str(tmp_path), "--name", "a"]) == 0
     run = tmp_path / "a"
     text, budget_range = agent_form_state(str(run))
     assert budget_range is None and "ppo" in text and "no budget range" in text
@@ -134,10 +136,26 @@ def test_a_trained_agent_runs_beside_the_schedules_and_a_budget_it_cannot_take_i
     assert agent.ratios == [r.ratio for r in state.reports]
     assert agent.flops_fraction == pytest.approx(explorer.generator.flops_fraction(agent.ratios), rel=1e-12)
     refused = page_view(explorer, PROMPT, 1, [], "", str(run), budget=0.3)
-    assert refused.error == f"error: run {run} was trained at one fixed FLOPs budget; it takes no budget (got 0.3)"
+    assert generate.main(["--prompt", PROMPT, "--agent", str(run), "--budget", "0.3", "--out", str(tmp_path / "g")]) == 2
+    assert refused.error == capsys.readouterr().err.strip()
     # a run trained with other guidance does not fit the page's generator: the fit check says so
     cfg = json.loads((run / "config.json").read_text())
     cfg["generator_fingerprint"] = cfg["generator_fingerprint"].replace("ScalarGuidance(scale=3.0)", "ScalarGuidance(scale=5.0)")
     (run / "config.json").write_text(json.dumps(cfg))
     other = page_view(explorer, PROMPT, 1, [], "", str(run))
     assert "trained on another generator configuration" in other.error and "scale=5.0" in other.error
+
+
+def test_a_budget_conditioned_agent_gets_the_sliders_budget_and_keeps_within_it(explorer, tmp_path, capsys):
+    assert train.main(SHORT_RUN + ["--budget-range", "0.25", "0.6", "--out", str(tmp_path), "--name", "b"]) == 0
+    run = tmp_path / "b"
+    text, budget_range = agent_form_state(str(run))
+    assert budget_range == (0.25, 0.6) and "FLOPs budget range 0.25–0.6" in text
+    for budget in (0.3, 0.5):
+        view = page_view(explorer, PROMPT, 0, [], "", str(run), budget=budget)
+        assert view.error is None
+        agent = view.comparison.outcomes[1]
+        assert agent.label == f"agent b (best) at budget {budget:g}" and agent.flops_fraction <= budget + 1e-9
+    too_high = page_view(explorer, PROMPT, 0, [], "", str(run), budget=0.9)
+    assert generate.main(["--prompt", PROMPT, "--agent", str(run), "--budget", "0.9", "--out", str(tmp_path / "g")]) == 2
+    assert too_high.error == capsys.readouterr().err.strip() and "[0.25, 0.6]" in too_high.error
