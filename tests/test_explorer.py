@@ -159,3 +159,19 @@ def test_a_budget_conditioned_agent_gets_the_sliders_budget_and_keeps_within_it(
     too_high = page_view(explorer, PROMPT, 0, [], "", str(run), budget=0.9)
     assert generate.main(["--prompt", PROMPT, "--agent", str(run), "--budget", "0.9", "--out", str(tmp_path / "g")]) == 2
     assert too_high.error == capsys.readouterr().err.strip() and "[0.25, 0.6]" in too_high.error
+
+
+def test_app_refuses_bad_options_before_serving(tmp_path, capsys):
+    import importlib.util
+
+    import app
+
+    assert app.main(["--run", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    if importlib.util.find_spec("gradio") is None:
+        assert err.strip() == 'error: the explorer page needs gradio: pip install -e ".[app]"'
+    else:
+        assert f"run directory {tmp_path / 'nope'} does not exist" in err
+        assert app.main(["--port", "0"]) == 2 and "--port must be in 1..65535, got 0" in capsys.readouterr().err
+        assert app.main(["--generator", "infinity"]) == 2
+        assert "--generator infinity needs --infinity-options FILE" in capsys.readouterr().err
