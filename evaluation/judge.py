@@ -370,6 +370,8 @@ def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_r
     from generator.backends import load_backend
     from generator.images import to_uint8
     from generator.schedules import FastVARSchedule, RatioListSchedule, schedule_ratios
+    from domain import caption
+    from rewards import ClipScorer
     from rewards.clip_model import create_embedded_clip
 
     out: dict = {"num_test_prompts": num_prompts, "seeds": list(seeds), "num_held_out_renders": num_renders}
@@ -428,6 +430,10 @@ def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_r
         out[f"{name}_per_attribute"] = pooled_per_attribute(m["seen"], item_prompts)
         out[f"{name}_flops_fraction"] = m["flops_fraction"]
         out[f"{name}_clip_r1"] = float(m["clip_hit"].mean())
+        wanted = [parse_caption(p) for p in item_prompts]
+        out[f"{name}_background_kind_accuracy"] = float(np.mean([s.background == w.background for s, w in zip(m["seen"], wanted)]))
+        out[f"{name}_background_colour_accuracy"] = float(np.mean([s.background_colour == w.background_colour
+                                                                   for s, w in zip(m["seen"], wanted)]))
     out["generated_num_images"] = len(items)
 
     # paired differences, clustered by prompt (per-prompt means, then a paired t-test over prompts)
@@ -439,7 +445,7 @@ def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_r
             for metric, key in (("attribute_accuracy", "attr"), ("scene_accuracy", "scene"))}
     for metric in ("attribute_accuracy", "scene_accuracy"):
         v = [out[f"{m}_{metric}"] for m in schedules]
-        out[f"monotone_{metric}"] = bool(v[0] > v[1] > v[2])
+        out[f"monotone_{metric}"] = "strict" if v[0] > v[1] > v[2] else "non-strict" if v[0] >= v[1] >= v[2] else "no"
 
     # where the judge and the reward's CLIP disagree (generated images)
     table = {}
@@ -451,16 +457,25 @@ def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_r
                        "clip_wrong_judge_right": float(np.mean(~hit & ok)), "clip_wrong_judge_wrong": float(np.mean(~hit & ~ok)),
                        "agreement": float(np.mean(hit == ok))}
     out["clip_vs_judge"] = table
-    clip_scores = []
-    from rewards import ClipScorer
-
+    # does CLIP prefer the prompt to the judge's reading of the image, where the judge says they differ?
     scorer = ClipScorer(clip, clip_tok, "embedded")
+    clip_scores, all_attr = [], []
     for name in schedules:
-        x = torch.from_numpy(per_method[name]["images"]).permute(0, 3, 1, 2).float() / 255
-        clip_scores += scorer.score(x, item_prompts).tolist()
-    all_attr = [v for k in schedules for v in per_method[k]["attr"]]
-    rho = stats.spearmanr(clip_scores, all_attr)
-    out["clip_score_vs_attribute_accuracy_spearman"] = float(rho.statistic)
+        m = per_method[name]
+        x = torch.from_numpy(m["images"]).permute(0, 3, 1, 2).float() / 255
+        with_prompt = scorer.score(x, item_prompts)
+        clip_scores += with_prompt.tolist()
+        all_attr += m["attr"]
+        # readings with 1-3 objects are captions of the grammar; scene 0 means they differ from the prompt
+        j = [i for i, sc in enumerate(m["seen"]) if m["scene"][i] == 0 and 1 <= len(sc.objects) <= 3]
+        if j:
+            with_reading = scorer.score(x[j], [caption(m["seen"][i]) for i in j])
+            prefers = float((with_prompt[j] > with_reading).float().mean())
+        else:
+            prefers = float("nan")
+        table[name]["images_judged_wrong_with_a_caption_reading"] = len(j)
+        table[name]["clip_prefers_prompt_over_judge_reading"] = prefers
+    out["clip_score_vs_attribute_accuracy_spearman"] = float(stats.spearmanr(clip_scores, all_attr).statistic)
     log(f"generation, judging and CLIP: {time.time() - t:.1f}s")
     return out
 
@@ -480,6 +495,11 @@ def _format_report(r: dict) -> str:
         lines.append(f"  {name:<18}{r[f'{name}_flops_fraction']:>7.3f}"
                      f"{r[f'{name}_attribute_accuracy']:>12.4f} ± {r[f'{name}_attribute_accuracy_ci95']:.4f}"
                      f"{r[f'{name}_scene_accuracy']:>12.4f} ± {r[f'{name}_scene_accuracy_ci95']:.4f}{r[f'{name}_clip_r1']:>10.3f}")
+    lines += ["", "  per attribute (pooled checks):", f"  {'schedule':<18}" + "".join(f"{a:>11}" for a in ATTRIBUTES)
+              + f"{'bg kind':>9}{'bg colour':>10}"]
+    for name in ("generated", "fastvar", "skip_after_middle"):
+        lines.append(f"  {name:<18}" + "".join(f"{r[f'{name}_per_attribute'][a]:>11.4f}" for a in ATTRIBUTES)
+                     + f"{r[f'{name}_background_kind_accuracy']:>9.3f}{r[f'{name}_background_colour_accuracy']:>10.3f}")
     for label, d in r["paired_by_prompt"].items():
         lines.append(f"  {label}: " + "; ".join(f"{m} {v['mean_diff']:+.4f} ± {v['ci95']:.4f} (p = {v['p_ttest']:.2g})"
                                                  for m, v in d.items()))
@@ -490,6 +510,11 @@ def _format_report(r: dict) -> str:
     for name, t in r["clip_vs_judge"].items():
         lines.append(f"  {name:<18}{t['clip_right_judge_right']:>11.3f}{t['clip_right_judge_wrong']:>11.3f}"
                      f"{t['clip_wrong_judge_right']:>11.3f}{t['clip_wrong_judge_wrong']:>11.3f}{t['agreement']:>8.3f}")
+    lines += ["", "images the judge scores 0 whose reading is a caption: CLIP score(image, prompt) > CLIP score(image, reading)?"]
+    for name, t in r["clip_vs_judge"].items():
+        if "clip_prefers_prompt_over_judge_reading" in t:
+            lines.append(f"  {name:<18}{t['clip_prefers_prompt_over_judge_reading']:>7.3f} of "
+                         f"{t['images_judged_wrong_with_a_caption_reading']} images")
     lines.append(f"  Spearman(CLIP score, judge attribute accuracy) over all generated images: "
                  f"{r['clip_score_vs_attribute_accuracy_spearman']:.3f}")
     return "\n".join(lines)
