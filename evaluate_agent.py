@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fast", type=Path, default=None, help="FastVAR images")
     f.add_argument("--rl", type=Path, default=None, help="RL-agent images")
     f.add_argument("--method", action="append", default=[], metavar="NAME=DIR", help="more image sets (repeatable)")
+    g = ap.add_argument_group("GenEval mode (tabulate GenEval's evaluate_images.py results; see evaluation/geneval.py)")
+    g.add_argument("--geneval", action="append", default=[], metavar="NAME=RESULTS.jsonl[@IMAGES_DIR]",
+                   help="one per method, the first is the reference; IMAGES_DIR: the folder GenEval scored (for config.json)")
     m = ap.add_argument_group("metrics")
     m.add_argument("--json", type=Path, default=None, help="also write the summary JSON here")
     m.add_argument("--clip-model", default=None, help="open_clip model name (default: the shipped small CLIP)")
@@ -51,7 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
     m.add_argument("--lpips-backbone", default=None, help="torchvision backbone weights file for LPIPS")
     m.add_argument("--image-reward", action="store_true", help="also score with ImageReward if installed")
+    m.add_argument("--hpsv2-checkpoint", default=None, metavar="PATH", help="also score HPSv2 with this local checkpoint")
     return ap
+
+
+def check_compare_args(args) -> None:
+    """Counts of compare mode (ValueError naming the flag, its value and what is allowed)."""
+    from generator.checks import check_non_negative, check_positive
+
+    check_positive("--num-prompts", args.num_prompts)
+    check_positive("--search-num-prompts", args.search_num_prompts)
+    check_non_negative("--search-evals", args.search_evals)
+    check_non_negative("--grid-prompts", args.grid_prompts)
+
+
+def clip_for_agent(env_cfg, args, suite):
+    """The metric suite's CLIP where it is the model *and* weights the run observes prompts with, else None
+    (``load_agent_schedule`` then builds the run's own)."""
+    same = (env_cfg.clip_model, env_cfg.clip_pretrained) == (args.clip_model, args.clip_pretrained)
+    return suite.clip if same else None
 
 
 # ---- folder mode ---------------------------------------------------------------------------------
@@ -127,7 +148,7 @@ def compare_mode(args, suite) -> int:
     labels = {r: (r.name if names.count(r.name) == 1 else f"{r.parent.name}/{r.name}") for r in runs}
     configs = [read_run_config(r) for r in runs]
     env_cfgs = [EnvConfig.from_dict(c["env"]) for c in configs]
-    keys = {(e.generator, e.cfg_scale) for e in env_cfgs}
+    keys = {(e.generator, repr(e.cfg_scale)) for e in env_cfgs}  # repr: Infinity's cfg may be a per-scale list
     if len(keys) > 1:
         raise ValueError(f"runs were trained on different generators / CFG scales {sorted(keys)}: evaluate them separately")
     env0 = env_cfgs[0]
@@ -151,7 +172,7 @@ def compare_mode(args, suite) -> int:
     for run, cfg, env_cfg, rfn in zip(runs, configs, env_cfgs, reward_fns):
         tag = labels[run] if len(runs) > 1 else ""
         rl_name = f"rl:{labels[run]}"
-        agent = load_agent_schedule(run, generator, clip=suite.clip if env_cfg.clip_model == args.clip_model else None)
+        agent = load_agent_schedule(run, generator, clip=clip_for_agent(env_cfg, args, suite))
         results[rl_name] = run_method(generator, Method(rl_name, agent), items)
         target = float(np.mean([r["flops_fraction"] for r in results[rl_name][1]]))
         first = cfg["observation_layout"]["first_controllable_scale"]
@@ -246,15 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     from evaluation.metrics import MetricSuite
     from generator.weights_io import WeightsError
     from rewards import ClipWeightsUnavailable, LpipsUnavailable
+    from evaluation.geneval import run_geneval_mode
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     folder = any(x is not None for x in (args.orig, args.fast, args.rl)) or bool(args.method)
     try:
+        check_compare_args(args)
         if folder and args.orig is None:
             raise ValueError("folder mode needs --orig DIR (the unpruned reference images)")
         if folder and args.run:
             raise ValueError("--run (compare mode) and --orig/--fast/--rl (folder mode) cannot be combined")
-        suite = MetricSuite.build(args.clip_model, args.clip_pretrained, args.lpips_net, args.lpips_backbone, args.image_reward)
+        if args.geneval:
+            return run_geneval_mode(args, other_modes=folder or bool(args.run))
+        suite = MetricSuite.build(args.clip_model, args.clip_pretrained, args.lpips_net, args.lpips_backbone, args.image_reward,
+                                  args.hpsv2_checkpoint)
         if args.image_reward and suite.image_reward is None:
             print(f"note: ImageReward {suite.image_reward_why}; continuing without it", file=sys.stderr)
         return folder_mode(args, suite) if folder else compare_mode(args, suite)

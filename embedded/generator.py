@@ -121,6 +121,10 @@ class NextScaleGenerator:
             unconditional = self.guided_scales()
         return schedule_flops(self.transformer.cfg, self.tokenizer.cfg, [validate_ratio(r) for r in ratios], unconditional)
 
+    def uses_unconditional(self, scale_index: int) -> bool:
+        """Whether the guidance runs the unconditional branch at this scale (unless a step drops it)."""
+        return self.guidance.needs_unconditional(scale_index, self.num_scales)
+
     def flops_full(self) -> float:
         """FLOPs of one unpruned image (prefill + every scale), the denominator of FLOPs fractions."""
         return prefill_flops(self.transformer.cfg) + sum(self.schedule_flops([0.0] * self.num_scales))

@@ -13,15 +13,25 @@ import torch
 import torch.nn.functional as F
 
 N_BASE_FEATURES = 3
-N_CONTENT_FEATURES = 6
+#: the content features, in observation order. "code deviation" is measured on the *latent codes*: the
+#: accumulated code map average-pooled to the token map about to run (the input that scale is
+#: conditioned on). FastVAR's selection score is the same kind of deviation measured on the
+#: transformer's hidden states (residual stream) at the pruning layer, which only exist once the scale
+#: runs, after the agent has decided; these features are a cheap proxy of it, not the score itself.
+CONTENT_FEATURE_NAMES = ("log1p_code_deviation_mean", "code_deviation_cv", "code_deviation_top_quarter_share",
+                         "code_high_frequency_energy", "last_scale_entropy_fraction", "log1p_code_magnitude")
+N_CONTENT_FEATURES = len(CONTENT_FEATURE_NAMES)
+N_BUDGET_FEATURES = 2
 PROJECTION_SEED = 12345
 
 
 class ObservationBuilder:
     """Observation vector for the scale a state is about to run (layout: ``VarPruneEnv`` docstring)."""
 
-    def __init__(self, generator, first_controllable: int, prompt_embedding_dim: int, clip=None) -> None:
+    def __init__(self, generator, first_controllable: int, prompt_embedding_dim: int, clip=None,
+                 budget_conditioned: bool = False) -> None:
         self.generator = generator
+        self.budget_conditioned = budget_conditioned
         self.first_controllable = first_controllable
         self.controllable = generator.num_scales - first_controllable
         self.prompt_embedding_dim = prompt_embedding_dim
@@ -39,7 +49,16 @@ class ObservationBuilder:
 
     @property
     def dim(self) -> int:
-        return N_BASE_FEATURES + self.controllable + N_CONTENT_FEATURES + self.prompt_embedding_dim
+        return (N_BASE_FEATURES + self.controllable + N_CONTENT_FEATURES + self.prompt_embedding_dim
+                + (N_BUDGET_FEATURES if self.budget_conditioned else 0))
+
+    def budget_features(self, state, budget: float | None) -> np.ndarray:
+        """[budget, budget left] as fractions of the unpruned FLOPs (empty unless budget-conditioned)."""
+        if not self.budget_conditioned:
+            return np.zeros(0, np.float32)
+        if budget is None:
+            raise ValueError("this observation is budget-conditioned: pass the episode's FLOPs budget")
+        return np.asarray([budget, budget - state.flops_used / self.flops_full], np.float32)
 
     def prompt_features(self, prompt: str) -> np.ndarray:
         if self._proj is None:
@@ -63,7 +82,9 @@ class ObservationBuilder:
         return self._pools[key]
 
     def content_features(self, state) -> np.ndarray:
-        """FastVAR's token-deviation statistics, spectral and entropy features (NumPy: tiny maps)."""
+        """``CONTENT_FEATURE_NAMES`` for the token map about to run: deviation statistics of the latent codes
+        pooled to that map (not FastVAR's hidden-state score, see the constant), spectral energy of the
+        accumulated codes, the last scale's sampling entropy, the code magnitude (NumPy: tiny maps)."""
         from generator.spectral import high_frequency_energy_batch
 
         codes = self.generator.accumulated_codes(state)[:1].detach().cpu().numpy().astype(np.float64)  # (1, C, h, w)
@@ -85,7 +106,7 @@ class ObservationBuilder:
         mag = float(np.abs(codes).mean())
         return np.asarray([math.log1p(mean), cv, top, hf, ent, math.log1p(mag)], np.float32)
 
-    def observe(self, state) -> np.ndarray:
+    def observe(self, state, budget: float | None = None) -> np.ndarray:
         n = state.num_scales
         k = min(state.scale_index, n - 1)
         widths = self.generator.scale_widths
@@ -96,5 +117,5 @@ class ObservationBuilder:
         prev[: len(chosen)] = chosen
         # after the last scale there is no next token map to describe, and no agent acts on this observation
         content = np.zeros(N_CONTENT_FEATURES, np.float32) if state.finished else self.content_features(state)
-        return np.concatenate([np.asarray(base + prev, np.float32), content,
-                               self.prompt_features(state.prompts[0])]).astype(np.float32)
+        return np.concatenate([np.asarray(base + prev, np.float32), content, self.prompt_features(state.prompts[0]),
+                               self.budget_features(state, budget)]).astype(np.float32)

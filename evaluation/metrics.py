@@ -10,8 +10,8 @@ import torch
 
 from rewards.similarity import psnr, ssim
 
-METRICS = ("psnr", "ssim", "lpips", "clip_score", "image_reward")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "clip_score": True, "image_reward": True,
+METRICS = ("psnr", "ssim", "lpips", "clip_score", "image_reward", "hpsv2")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "clip_score": True, "image_reward": True, "hpsv2": True,
                     "flops_fraction": False, "latency_ms": False, "reward": True}
 
 
@@ -24,10 +24,14 @@ class MetricSuite:
     lpips_why: str = ""
     image_reward: object | None = None
     image_reward_why: str = "not requested (--image-reward)"
+    hpsv2: object | None = None  # evaluation.preference.HPSv2Scorer
+    hpsv2_why: str = "not requested (--hpsv2-checkpoint PATH)"
 
     @classmethod
     def build(cls, clip_model: str | None = None, clip_pretrained: str | None = None, lpips_net: str = "alex",
-              lpips_backbone: str | None = None, image_reward: bool = False) -> "MetricSuite":
+              lpips_backbone: str | None = None, image_reward: bool = False,
+              hpsv2_checkpoint: str | None = None) -> "MetricSuite":
+        """Every scorer asked for; an explicit LPIPS backbone or HPSv2 checkpoint that does not work is an error."""
         from rewards import ClipScorer, LpipsMetric, LpipsUnavailable
 
         clip = ClipScorer.embedded() if clip_model is None else ClipScorer.from_pretrained(clip_model, clip_pretrained)
@@ -40,7 +44,12 @@ class MetricSuite:
         ir, ir_why = None, "not requested (--image-reward)"
         if image_reward:
             ir, ir_why = load_image_reward()
-        return cls(clip, lp, why, ir, ir_why)
+        hps = None
+        if hpsv2_checkpoint is not None:
+            from evaluation.preference import HPSv2Scorer
+
+            hps = HPSv2Scorer(hpsv2_checkpoint)
+        return cls(clip, lp, why, ir, ir_why, hps, "" if hps is not None else "not requested (--hpsv2-checkpoint PATH)")
 
     def unavailable(self) -> dict[str, str]:
         out = {}
@@ -48,6 +57,8 @@ class MetricSuite:
             out["lpips"] = self.lpips_why
         if self.image_reward is None:
             out["image_reward"] = self.image_reward_why
+        if self.hpsv2 is None:
+            out["hpsv2"] = self.hpsv2_why
         return out
 
     @torch.no_grad()
@@ -66,6 +77,9 @@ class MetricSuite:
         if self.image_reward is not None:
             for r, v in zip(rows, self.image_reward(images, prompts)):
                 r["image_reward"] = float(v)
+        if self.hpsv2 is not None:
+            for r, v in zip(rows, self.hpsv2(images, prompts)):
+                r["hpsv2"] = float(v)
         return rows
 
 

@@ -175,6 +175,9 @@ class PerScaleGenerator(Protocol):
     def flops_full(self) -> float:
         """Transformer FLOPs of one unpruned image (prefill + every scale)."""
 
+    def uses_unconditional(self, scale_index: int) -> bool:
+        """Whether scale ``scale_index`` runs the unconditional CFG branch unless the step drops it."""
+
     def flops_fraction(self, ratios: list[float], unconditional: list[bool] | None = None) -> float:
         """Transformer FLOPs of a ratio list as a fraction of ``flops_full()``."""
 

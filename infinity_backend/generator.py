@@ -123,6 +123,11 @@ class InfinityGenerator:
     def flops_full(self) -> float:
         return self._prefill_flops() + sum(self.schedule_flops([0.0] * self.num_scales))
 
+    def uses_unconditional(self, scale_index: int) -> bool:
+        """Whether this scale runs the unconditional branch unless a step drops it (CFG is on or off for
+        the whole image in upstream Infinity)."""
+        return self.guided
+
     def flops_fraction(self, ratios: list[float], unconditional: list[bool] | None = None) -> float:
         return (self._prefill_flops() + sum(self.schedule_flops(ratios, unconditional))) / self.flops_full()
 

@@ -113,7 +113,17 @@ def test_every_algorithm_trains_evaluates_and_plugs_in(algo, tmp_path):
     g = load_embedded_generator()
     _, state = g.generate(["a medium green striped cross on the left on a plain black background"], [1],
                           schedule=load_agent_schedule(run, g, which="final"))
-    assert state.finished and all(0.0 <= r.ratio <= 1.0 for r in state.reports)
+    # what the action mapping promises: earlier scales unpruned, DQN's ratios from its grid, continuous ratios at
+    # or above the skip threshold turned into skips, skipped exactly where the ratio is >= 1, FLOPs as planned
+    ratios = [r.ratio for r in state.reports]
+    first, env = cfg["observation_layout"]["first_controllable_scale"], cfg["env"]
+    assert state.finished and ratios[:first] == [0.0] * first
+    if algo == "dqn":
+        assert all(r in env["ratio_grid"] for r in ratios[first:])
+    else:
+        assert all(r == 1.0 or r < env["skip_threshold"] for r in ratios[first:])
+    assert [r.skipped for r in state.reports] == [r >= 1.0 for r in ratios]
+    assert state.flops_used == pytest.approx(g.flops_full() * g.flops_fraction(ratios), rel=1e-12)
 
 
 def test_evaluate_agent_compare_mode_on_a_run(trained, tmp_path, capsys):
