@@ -111,14 +111,10 @@ class NextScaleGenerator:
         """Identifies what images this generator makes (for reference caches and run configs)."""
         return f"tiny:{self.transformer.cfg.to_dict()}:{self.guidance!r}:{self.sampling!r}"
 
-    def guided_scales(self) -> list[bool]:
-        """Per scale: does the guidance run the unconditional branch there (unless dropped)?"""
-        return [self.guidance.needs_unconditional(k, self.num_scales) for k in range(self.num_scales)]
-
     def schedule_flops(self, ratios: list[float], unconditional: list[bool] | None = None) -> list[float]:
         """Per-scale FLOPs of one image for a list of ratios (analytic, no generation)."""
         if unconditional is None:
-            unconditional = self.guided_scales()
+            unconditional = [self.uses_unconditional(k) for k in range(self.num_scales)]
         return schedule_flops(self.transformer.cfg, self.tokenizer.cfg, [validate_ratio(r) for r in ratios], unconditional)
 
     def uses_unconditional(self, scale_index: int) -> bool:

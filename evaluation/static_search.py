@@ -45,6 +45,11 @@ CACHE_VERSION = 1
 
 # ---- the grid and its FLOPs -------------------------------------------------------------------------
 
+def guided_scales(generator) -> list[bool]:
+    """Per scale: does guidance run the unconditional branch there (unless a step drops it)?"""
+    return [bool(generator.uses_unconditional(k)) for k in range(generator.num_scales)]
+
+
 def grid_schedules(generator, first: int, ratios: Sequence[float] = GRID_RATIOS, allow_drop: bool = True,
                    allow_skip: bool = True) -> list[StaticSchedule]:
     """Every combination of per-scale options on scales ``first .. n-1``: each ratio with the CFG
@@ -52,7 +57,7 @@ def grid_schedules(generator, first: int, ratios: Sequence[float] = GRID_RATIOS,
     n = generator.num_scales
     if not 0 <= first < n:
         raise ValueError(f"first controllable scale {first} is outside 0..{n - 1}")
-    guided = generator.guided_scales()
+    guided = guided_scales(generator)
     per_scale = []
     for k in range(first, n):
         opts = [(float(r), False) for r in ratios]
@@ -70,7 +75,7 @@ def grid_schedules(generator, first: int, ratios: Sequence[float] = GRID_RATIOS,
 
 def schedule_fractions(generator, schedule: StaticSchedule) -> tuple[float, float]:
     """(transformer fraction, total fraction) of a static schedule, analytic."""
-    flags = schedule.unconditional_flags(generator.guided_scales())
+    flags = schedule.unconditional_flags(guided_scales(generator))
     return generator.flops_fraction(list(schedule.ratios), flags), total_flops_fraction(generator, list(schedule.ratios), flags)
 
 
@@ -82,7 +87,7 @@ class FlopsTable:
 
     def __init__(self, generator) -> None:
         self.generator = generator
-        self.guided = generator.guided_scales()
+        self.guided = guided_scales(generator)
         self.full = generator.flops_full()
         self.prefill = self.full - sum(generator.schedule_flops([0.0] * generator.num_scales))
         self.fixed = generator.decode_flops() + generator.text_flops()

@@ -165,10 +165,6 @@ class PerScaleGenerator(Protocol):
     def fingerprint(self) -> str:
         """Identifies what images this generator makes (reference caches, run configs)."""
 
-    def guided_scales(self) -> list[bool]:
-        """Per scale: does classifier-free guidance run the unconditional branch there by default?
-        (The default ``unconditional`` of ``schedule_flops``; ``drop_unconditional`` can turn it off.)"""
-
     def schedule_flops(self, ratios: list[float], unconditional: list[bool] | None = None) -> list[float]:
         """Per-scale transformer FLOPs of one image for a ratio list (analytic, no generation)."""
 

@@ -108,13 +108,9 @@ class InfinityGenerator:
                 f"ins={o.cfg_insertion_layer}:topk={o.top_k}:topp={o.top_p}:rng={o.rng}:bf16={self._autocast}:"
                 f"prune={self.prune_layers}:model={stamp(o.model_path)}:vae={stamp(o.vae_path)}:t5={stamp(o.text_encoder_ckpt)}")
 
-    def guided_scales(self) -> list[bool]:
-        """Per scale: does CFG run the unconditional branch there (unless dropped)? Every scale when guided."""
-        return [self.guided] * self.num_scales
-
     def schedule_flops(self, ratios: list[float], unconditional: list[bool] | None = None) -> list[float]:
         if unconditional is None:
-            unconditional = self.guided_scales()
+            unconditional = [self.guided] * self.num_scales
         return infinity_schedule_flops(self.arch, self.scale_hw, ratios, unconditional, self.prune_layers)
 
     def _prefill_flops(self) -> float:

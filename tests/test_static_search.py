@@ -9,8 +9,8 @@ import torch
 
 from embedded.loaders import random_generator
 from evaluation.static_search import (
-    FlopsTable, GridCache, GridEvaluator, QualityScorer, grid_schedules, neighbours, pareto_frontier, per_prompt_oracle,
-    run_prefix_tree, schedule_fractions, search_best_static,
+    FlopsTable, GridCache, GridEvaluator, QualityScorer, grid_schedules, guided_scales, neighbours, pareto_frontier,
+    per_prompt_oracle, run_prefix_tree, schedule_fractions, search_best_static,
 )
 from generator.schedules import StaticSchedule
 
@@ -40,7 +40,7 @@ def test_grid_search_finds_the_known_optimum_under_the_real_flops_filter(gen):
     expensive schedule above the target. The search must skip the expensive one without evaluating it,
     find the nearest grid point that fits (0.75: 0.5 costs more than S*), then reach S* exactly by a
     -0.05 refinement step."""
-    first, guided = 3, gen.guided_scales()
+    first, guided = 3, guided_scales(gen)
     star = StaticSchedule((0, 0, 0, 0.0, 0.7, 1.0, 1.0), (False, False, False, False, True, False, False))
     expensive = StaticSchedule((0,) * 7, (False,) * 7)
     flops = FlopsTable(gen)
