@@ -4,6 +4,7 @@
     python generate.py --prompts prompts.tsv --schedule fastvar --out results
     python generate.py --prompts test --schedule "5:0.5,6:1,8:1" --save-intermediate --dft
     python generate.py --prompts test --agent runs/ppo_s0
+    python generate.py --prompts geneval:GENEVAL/prompts/evaluation_metadata.jsonl --images-per-prompt 4 --out geneval_fastvar --schedule fastvar
 
 Prompts: ``--prompt TEXT`` (repeatable; named by ``--name`` or a slug of the text), or ``--prompts``
 with a file of ``name<TAB>prompt`` lines, a JSON dict ``{name: prompt}``, plain one-prompt-per-line
@@ -15,6 +16,10 @@ Writes, per prompt, ``OUT/gen_images_<name>/1.jpg`` (2.jpg, ... with --images-pe
 into ``OUT/config_all.json``; ``--save-intermediate`` adds ``summed_codes/`` and ``rescale_codes/``
 PNGs per non-skipped scale, ``--dft`` adds ``fourier_{pixel,latent}_*/scale_<si>.npy`` spectra
 (see scripts/analyze_fourier.py).
+
+``--prompts geneval:PATH/evaluation_metadata.jsonl`` writes GenEval's layout instead, for its
+``evaluation/evaluate_images.py OUT``: ``OUT/<i, 5 digits>/metadata.jsonl``, ``samples/<k, 4 digits>.png``
+and our ``config.json`` beside them (evaluation/geneval.py).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.backends import add_generator_args, build_generator
+from generator.backends import add_generator_args, build_generator, resolved_cfg
 from generator.images import to_uint8
 from generator.schedules import run_schedule
 from generator.weights_io import WeightsError, atomic_write_bytes, atomic_write_json
@@ -44,9 +49,21 @@ def slug(text: str, max_len: int = 48) -> str:
     return s[:max_len].rstrip("_") or "prompt"
 
 
+def unique_slug(text: str, taken) -> str:
+    """``slug(text)``, suffixed ``_2``, ``_3``, ... until it is not in ``taken``."""
+    base = name = slug(text)
+    i = 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
 def read_prompts_file(spec: str) -> dict[str, str]:
     """name -> prompt from a TSV / JSON / plain file, or a split name of prompts/."""
     path = Path(spec)
+    if path.is_dir():
+        raise PromptError(f"--prompts {spec!r} is a directory; give a prompts file (name<TAB>prompt lines, a JSON "
+                          f"{{name: prompt}} or one prompt per line) or a split name (train, val, test)")
     if not path.exists():
         from domain import load_prompts
 
@@ -70,16 +87,22 @@ def read_prompts_file(spec: str) -> dict[str, str]:
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             name, sep, prompt = line.partition("\t")
-            if not sep:
-                name, prompt = slug(line), line
-            if name in out:
-                raise PromptError(f"{path}:{n}: duplicate prompt name {name!r}")
+            if not sep:  # a plain line: named by its slug, suffixed _2, _3, ... where slugs of different prompts collide
+                if line.strip() in out.values():
+                    raise PromptError(f"{path}:{n}: prompt {line.strip()!r} appears twice")
+                name, prompt = unique_slug(line, out), line
+            if name.strip() in out:
+                raise PromptError(f"{path}:{n}: duplicate prompt name {name.strip()!r}")
             out[name.strip()] = prompt.strip()
+    from generator.checks import check_folder_name
+
     for name, prompt in out.items():
         if not prompt.strip():
             raise PromptError(f"{path}: prompt {name!r} is empty")
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-            raise PromptError(f"{path}: prompt name {name!r} must use only letters, digits, '_', '-', '.' (it names a folder)")
+        try:
+            check_folder_name(name, f"{path}: prompt name")
+        except ValueError as e:
+            raise PromptError(str(e)) from None
     if not out:
         raise PromptError(f"{path} contains no prompts")
     return out
@@ -88,22 +111,50 @@ def read_prompts_file(spec: str) -> dict[str, str]:
 def collect_prompts(args) -> dict[str, str]:
     if args.prompts is not None and args.prompt:
         raise PromptError("give --prompt or --prompts, not both")
+    if args.num_prompts is not None and args.num_prompts < 1:
+        raise PromptError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    if args.name and args.prompt is not None and not args.prompt:
+        raise PromptError("--name names --prompt values; with --prompts FILE the names come from the file")
     if args.prompts is not None:
         prompts = read_prompts_file(args.prompts)
     elif args.prompt:
-        if args.name and len(args.name) != len(args.prompt):
-            raise PromptError(f"{len(args.name)} --name for {len(args.prompt)} --prompt")
-        names = args.name or [slug(p) for p in args.prompt]
-        prompts = {}
-        for n, p in zip(names, args.prompt):
-            if not p.strip():
-                raise PromptError("--prompt must not be empty")
-            prompts[n] = p
+        prompts = prompts_from_flags(args.prompt, args.name)
     else:
         raise PromptError("no prompts: give --prompt TEXT or --prompts FILE|train|val|test")
     if args.num_prompts is not None:
         prompts = dict(list(prompts.items())[: args.num_prompts])
     return prompts
+
+
+def prompts_from_flags(texts: list[str], names: list[str]) -> dict[str, str]:
+    """name -> prompt for repeated ``--prompt`` (and ``--name``) flags. A prompt given twice is an error
+    (``--images-per-prompt`` makes more images of one prompt); different prompts whose slugs collide
+    (slugs are cut at 48 characters) get ``_2``, ``_3``, ... so that no output folder is overwritten."""
+    from generator.checks import check_folder_name
+
+    if names and len(names) != len(texts):
+        raise PromptError(f"{len(names)} --name for {len(texts)} --prompt (give one --name per --prompt, or none)")
+    for t in texts:
+        if not t.strip():
+            raise PromptError("--prompt must not be empty")
+    repeated = sorted({t for t in texts if texts.count(t) > 1})
+    if repeated:
+        raise PromptError(f"--prompt {repeated[0]!r} is given {texts.count(repeated[0])} times; give each prompt once "
+                          f"(--images-per-prompt N makes N images of it)")
+    if names:
+        for n in names:
+            try:
+                check_folder_name(n, "--name")
+            except ValueError as e:
+                raise PromptError(str(e)) from None
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise PromptError(f"--name {twice[0]!r} is given {names.count(twice[0])} times: each prompt needs its own folder")
+        return dict(zip(names, texts))
+    out: dict[str, str] = {}
+    for t in texts:
+        out[unique_slug(t, out)] = t
+    return out
 
 
 def save_image(img_3HW: torch.Tensor, path: Path, quality: int = 95) -> None:
@@ -176,12 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     ap.add_argument("--name", action="append", default=[], help="folder name for each --prompt (repeatable)")
-    ap.add_argument("--prompts", default=None, help="prompts file (name<TAB>prompt / JSON / lines) or train|val|test")
+    ap.add_argument("--prompts", default=None, help="prompts file (name<TAB>prompt / JSON / lines), train|val|test, "
+                    "or geneval:PATH/evaluation_metadata.jsonl (GenEval's layout)")
     ap.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts")
     s = ap.add_mutually_exclusive_group()
     s.add_argument("--schedule", default="original", help='original | fastvar | tail | "width:ratio,..."')
     s.add_argument("--agent", type=Path, default=None, metavar="RUN_DIR", help="a train.py run: its agent picks the ratios")
     ap.add_argument("--agent-model", default="best", choices=("best", "final"))
+    ap.add_argument("--budget", type=float, default=None, metavar="B",
+                    help="FLOPs budget for a budget-conditioned --agent (fraction of the unpruned transformer FLOPs, "
+                         "inside the run's trained range); every image stays within it")
     ap.add_argument("--seed", type=int, default=0, help="image seed of the first image of each prompt")
     ap.add_argument("--images-per-prompt", type=int, default=1, help="seeds seed, seed+1, ... -> 1.jpg, 2.jpg, ...")
     ap.add_argument("--batch-size", type=int, default=1,
@@ -197,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from agents.schedule import RunError, load_agent_schedule, read_run_config
+    from evaluation.geneval import GenEvalError, geneval_prompt_set, write_geneval_layout
     from generator.schedules import parse_schedule
 
     try:
@@ -206,18 +262,25 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         if args.batch_size > 1 and (args.save_intermediate or args.dft):
             raise ValueError("--save-intermediate / --dft write each image's scales as it is made: use --batch-size 1")
-        prompts = collect_prompts(args)
+        geneval = geneval_prompt_set(args.prompts, args.num_prompts, bool(args.prompt), args.save_intermediate or args.dft)
+        if geneval is not None and args.batch_size > 1:
+            raise ValueError("--batch-size applies to the gen_images_<name>/ layout; the GenEval layout is written "
+                             "one image at a time (use --batch-size 1)")
+        prompts = collect_prompts(args) if geneval is None else {}
         cfg_default = None
         if args.agent is not None:
             cfg_default = read_run_config(args.agent)["env"].get("cfg_scale")
         from generator.backends import backend
 
         cfg_default = backend(args.generator).default_cfg if cfg_default is None else cfg_default
-        effective_cfg = cfg_default if args.cfg is None else args.cfg
+        effective_cfg = resolved_cfg(args, cfg_default)
         generator = build_generator(args, cfg_default=cfg_default)
+        if args.budget is not None and args.agent is None:
+            raise ValueError(f"--budget {args.budget} applies to a budget-conditioned --agent; a fixed --schedule "
+                             f"has fixed FLOPs")
         if args.agent is not None:
-            schedule = load_agent_schedule(args.agent, generator, which=args.agent_model)
-            schedule_spec = f"agent:{args.agent}"
+            schedule = load_agent_schedule(args.agent, generator, which=args.agent_model, budget=args.budget)
+            schedule_spec = f"agent:{args.agent}" + ("" if args.budget is None else f"@budget={args.budget:g}")
         else:
             schedule = parse_schedule(args.schedule, generator.scale_widths)
             schedule_spec = args.schedule
@@ -225,6 +288,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    if args.generator == "tiny":  # not an error: the model is only never trained on other text (README)
+        from generator.checks import check_prompt_in_grammar
+
+        for name, prompt in prompts.items():
+            try:
+                check_prompt_in_grammar(prompt)
+            except ValueError as e:
+                print(f"warning: {e}", file=sys.stderr)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +310,18 @@ def main(argv: list[str] | None = None) -> int:
     run_info = {"generator": getattr(generator, "backend", "?"), "generator_fingerprint": generator.fingerprint(),
                 "schedule": schedule_spec, "cfg": effective_cfg, "cfg_scales": args.cfg_scales, "temperature": args.temperature,
                 "top_k": args.top_k, "scale_widths": widths, "flops_full": flops_full}
+    if geneval is not None:
+        def generate_image(prompt: str, seed: int):
+            if hasattr(schedule, "bind"):
+                schedule.bind(None)
+            return run_one(generator, schedule, prompt, seed, None)
+
+        try:
+            write_geneval_layout(geneval, out, run_info, generate_image, args.images_per_prompt, args.seed)
+        except GenEvalError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     items = [(name, prompt, j) for name, prompt in prompts.items() for j in range(args.images_per_prompt)]
     records: dict[str, list] = {name: [None] * args.images_per_prompt for name in prompts}
     for start in range(0, len(items), args.batch_size):

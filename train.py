@@ -48,10 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--image-seeds", type=int, default=2)
     ap.add_argument("--num-controllable", type=int, default=4)
     ap.add_argument("--allow-drop-unconditional", action="store_true")
-    ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale of the generator")
+    ap.add_argument("--cfg", type=float, default=None,
+                    help="classifier-free guidance scale (default: 3 for tiny; for infinity the options file's 'cfg', "
+                         "which this overrides)")
     g = ap.add_argument_group("reward (see README 'Reward')")
-    g.add_argument("--reward-preset", default=None, choices=("embedded", "infinity"),
-                   help="default: embedded for --generator tiny, infinity otherwise")
+    g.add_argument("--reward-preset", default=None, choices=("embedded", "embedded_budget", "infinity"),
+                   help="default: embedded_budget with --budget-range on --generator tiny, embedded without; "
+                        "infinity otherwise")
+    g.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="train a budget-conditioned agent: each episode's FLOPs budget (fraction of the unpruned "
+                        "transformer FLOPs) is drawn from [LOW, HIGH] and observed; a budget guard keeps every "
+                        "image within it")
     g.add_argument("--flops-weight", type=float, default=None)
     g.add_argument("--clip-weight", type=float, default=None)
     g.add_argument("--ssim-weight", type=float, default=None)
@@ -66,27 +73,62 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--infinity-options", type=Path, default=None, help="JSON file of InfinityOptions")
     ap.add_argument("--device", default="cpu", help="device of the policy network")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--verbose", action="store_true", help="progress lines even on a terminal (they are on by default "
+                    "when stdout is not a terminal, e.g. redirected to a file)")
+    ap.add_argument("--log-interval", type=int, default=1000, help="environment steps between progress lines")
     return ap
+
+
+def check_args(args) -> None:
+    """Counts that must be positive (ValueError naming the flag, its value and what is allowed)."""
+    from generator.checks import check_positive
+
+    if args.total_timesteps is not None:
+        check_positive("--total-timesteps", args.total_timesteps)
+    for flag in ("n_envs", "eval_freq", "checkpoint_freq", "log_interval"):
+        check_positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    if args.eval_episodes is not None:
+        check_positive("--eval-episodes", args.eval_episodes)
+    if args.cfg is not None and not args.cfg >= 1.0:
+        raise ValueError(f"--cfg must be >= 1 (1 = no guidance), got {args.cfg}")
+    if args.generator == "infinity" and args.resume is None and args.infinity_options is None:
+        raise ValueError("--generator infinity needs --infinity-options FILE (JSON of InfinityOptions; see README)")
+    if args.infinity_options is not None and not Path(args.infinity_options).is_file():
+        raise ValueError(f"--infinity-options file {args.infinity_options} does not exist")
 
 
 def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
     from envs.config import EnvConfig
     from rewards.reward import RewardConfig
 
-    preset = args.reward_preset or ("embedded" if args.generator == "tiny" else "infinity")
-    reward = RewardConfig.embedded() if preset == "embedded" else RewardConfig.infinity()
+    budget_range = getattr(args, "budget_range", None)
+    preset = args.reward_preset or ("infinity" if args.generator != "tiny" else
+                                    "embedded_budget" if budget_range is not None else "embedded")
+    reward = {"embedded": RewardConfig.embedded, "embedded_budget": RewardConfig.embedded_budget,
+              "infinity": RewardConfig.infinity}[preset]()
+    if budget_range is not None and preset == "infinity":
+        reward.flops_weight, reward.flops_budget = 0.0, None  # quality alone under the episode's budget
     for flag, field in (("flops_weight", "flops_weight"), ("clip_weight", "clip_weight"), ("ssim_weight", "ssim_weight"),
                         ("lpips_weight", "lpips_weight"), ("flops_budget", "flops_budget"), ("budget_penalty", "budget_penalty")):
         v = getattr(args, flag)
         if v is not None:
             setattr(reward, field, v)
+    from generator.backends import backend
+
     infinity = None
+    cfg_scale = backend(args.generator).default_cfg if args.cfg is None else args.cfg
     if args.infinity_options is not None:
         infinity = json.loads(Path(args.infinity_options).read_text())
+    if args.generator == "infinity":  # the options file's cfg is what the generator uses: --cfg overrides it there
+        infinity = dict(infinity or {})
+        if args.cfg is not None:
+            infinity["cfg"] = args.cfg
+        cfg_scale = infinity.get("cfg", cfg_scale)
     return EnvConfig(generator=args.generator, prompts=args.train_prompts, image_seeds=args.image_seeds,
                      num_controllable=args.num_controllable, allow_drop_unconditional=args.allow_drop_unconditional,
-                     cfg_scale=args.cfg, reward=reward, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
-                     lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone, infinity=infinity).validate()
+                     cfg_scale=cfg_scale, reward=reward, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
+                     lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone, infinity=infinity,
+                     budget_range=None if budget_range is None else tuple(budget_range)).validate()
 
 
 def unique_run_dir(out: Path, name: str) -> Path:
@@ -99,10 +141,16 @@ def unique_run_dir(out: Path, name: str) -> Path:
 
 
 def evaluate_fixed_schedule(env, ratios: list[float], episodes: int) -> dict:
-    """Run a fixed ratio list through the (cycling) validation env; mean reward, FLOPs and quality."""
+    """Run a fixed ratio list through the (cycling) validation env; mean reward, FLOPs and quality.
+    In a budget-conditioned env every episode gets the schedule's own FLOPs as its budget (clipped to
+    the trained range), so the guard leaves the schedule as it is wherever the range allows."""
     rewards, fracs, clips, ssims = [], [], [], []
+    options = None
+    if env.config.budget_range is not None:
+        lo, hi = env.config.budget_range
+        options = {"budget": min(max(env.generator.flops_fraction(ratios), lo), hi)}
     for _ in range(episodes):
-        env.reset()
+        env.reset(options=options)
         total, done, info = 0.0, False, {}
         while not done:
             k = env.unwrapped._state.scale_index
@@ -119,6 +167,11 @@ def evaluate_fixed_schedule(env, ratios: list[float], episodes: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        check_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     import torch
     from stable_baselines3.common.utils import set_random_seed
     from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
@@ -162,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         env_cfg.action_mode = hp.get("action_mode", "continuous")
         algo, seed = args.algo, args.seed
-        total = args.total_timesteps or int(hp["total_timesteps"])
+        total = int(hp["total_timesteps"]) if args.total_timesteps is None else args.total_timesteps
         run = unique_run_dir(args.out, args.name or f"{algo}_s{seed}")
         run.mkdir(parents=True)
 
@@ -228,10 +281,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = list(csv.DictReader(open(run / "eval_curve.csv")))
         if rows:  # a worse first evaluation after resuming must not replace the best model so far
             eval_cb.best_mean_reward = max(float(r["mean_reward"]) for r in rows)
+            eval_cb.last_row = rows[-1]
     ckpt_cb = ResumableCheckpoint(max(1, args.checkpoint_freq // args.n_envs), run / "checkpoints")
     remaining = total - done_steps
+    callbacks = [ckpt_cb, eval_cb]
+    if args.verbose or not sys.stdout.isatty():  # a redirected run still says how far it is
+        from agents.progress import ProgressLog
+
+        callbacks.append(ProgressLog(args.log_interval, total, eval_cb))
     if remaining > 0:
-        model.learn(total_timesteps=remaining, callback=[ckpt_cb, eval_cb], progress_bar=not args.no_progress,
+        model.learn(total_timesteps=remaining, callback=callbacks, progress_bar=not args.no_progress,
                     reset_num_timesteps=args.resume is None, tb_log_name="tb")
     model.save(str(run / "final_model.zip"))
     if model.get_vec_normalize_env() is not None:
@@ -245,20 +304,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(run: Path, seconds: float) -> dict:
+    """summary.json and the closing lines: the selected model's VALIDATION score next to FastVAR's on the
+    same validation episodes. The model was selected on these episodes (the best of every evaluation),
+    so its figure is optimistic; it is not a comparison on held-out prompts (evaluate_agent.py makes
+    that one, on the test prompts, with prompt-clustered CIs)."""
     import csv
 
     base = json.loads((run / "baselines.json").read_text())
     rows = list(csv.DictReader(open(run / "eval_curve.csv"))) if (run / "eval_curve.csv").exists() else []
     best = max(rows, key=lambda r: float(r["mean_reward"])) if rows else None
     fv = base["fastvar"]
+    note = ("validation figures: the selected model is the best of {n} evaluations on these same validation "
+            "episodes (selection-biased upwards), FastVAR is evaluated once on them; test figures come only from "
+            "`python evaluate_agent.py`").format(n=len(rows))
     summary = {"run": str(run), "wall_clock_s": round(seconds, 1), "fastvar": fv, "original": base["original"],
-               "best_eval": best}
+               "best_eval": best, "evaluations": len(rows), "validation_note": note}
     if best is not None:
-        beats = float(best["mean_reward"]) > fv["mean_reward"] and float(best["flops_fraction"]) <= fv["flops_fraction"] + 1e-9
-        summary["beats_fastvar_at_no_more_flops"] = bool(beats)
-        print(f"best validation: reward {float(best['mean_reward']):.4f} at {float(best['flops_fraction']):.3f} FLOPs "
-              f"(step {best['timesteps']}) vs FastVAR {fv['mean_reward']:.4f} at {fv['flops_fraction']:.3f}: "
-              f"{'beats' if beats else 'does NOT beat'} FastVAR at no more FLOPs")
+        def num(x):
+            try:
+                return float(x)
+            except (TypeError, ValueError):
+                return float("nan")
+
+        print(f"selected model (step {best['timesteps']}, best of {len(rows)} validation evaluations): reward "
+              f"{num(best['mean_reward']):.4f} at {num(best['flops_fraction']):.3f} of the transformer FLOPs, SSIM "
+              f"{num(best['ssim']):.3f}, CLIP change {num(best['clip_delta']):+.2f}")
+        print(f"FastVAR on the same validation episodes: reward {fv['mean_reward']:.4f} at {fv['flops_fraction']:.3f}, "
+              f"SSIM {num(fv.get('ssim')):.3f}, CLIP change {num(fv.get('clip_delta')):+.2f}")
+        print(f"({note})")
     atomic_write_json(run / "summary.json", summary)
     return summary
 

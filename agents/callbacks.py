@@ -27,6 +27,7 @@ class PruningEvalCallback(EvalCallback):
         self.run_dir = Path(run_dir)
         self._terminal_infos: list[dict] = []
         self.curve_path = self.run_dir / "eval_curve.csv"
+        self.last_row: dict | None = None  # the latest evaluation (a row of eval_curve.csv), for progress lines
 
     def _log_success_callback(self, locals_: dict, globals_: dict) -> None:
         super()._log_success_callback(locals_, globals_)
@@ -55,6 +56,7 @@ class PruningEvalCallback(EvalCallback):
             if new:
                 w.writeheader()
             w.writerow(row)
+        self.last_row = row
         for k in ("flops_fraction", "clip_delta", "ssim"):
             self.logger.record(f"eval/{k}", row[k])
         if self.best_mean_reward > best_before:

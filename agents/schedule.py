@@ -53,6 +53,40 @@ def check_layout(layout: dict, generator, observer_dim: int | None = None) -> No
         raise RunError("trained agent does not fit this generator: " + "; ".join(problems))
 
 
+def _differing_span(a: str, b: str, context: int = 24) -> tuple[str, str]:
+    """The part where two strings differ, with ``context`` characters on each side ('...' where cut)."""
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    j = 0
+    while j < min(len(a), len(b)) - i and a[len(a) - 1 - j] == b[len(b) - 1 - j]:
+        j += 1
+    start = max(0, i - context)
+
+    def span(s: str) -> str:
+        end = min(len(s), len(s) - j + context)
+        return ("..." if start > 0 else "") + s[start:end] + ("..." if end < len(s) else "")
+
+    return span(a), span(b)
+
+
+def check_same_generator(cfg: dict, generator, run: Path) -> None:
+    """Raise if ``generator`` makes other images than the one the run was trained on: another guidance
+    (``--cfg``, ``--cfg-scales``), sampling (``--temperature``, ``--top-k``) or model. The agent's
+    observations (entropy, code statistics) and the FLOPs it learned to spend depend on all of them.
+    Runs written before the fingerprint was recorded are not checked."""
+    trained = cfg.get("generator_fingerprint")
+    if trained is None or not hasattr(generator, "fingerprint"):
+        return
+    here = generator.fingerprint()
+    if here != trained:
+        a, b = _differing_span(trained, here)
+        raise RunError(f"run {run} was trained on another generator configuration: {a} (run) vs {b} (here). "
+                       f"The run was trained with cfg_scale {cfg.get('env', {}).get('cfg_scale')}; generate.py "
+                       f"and evaluate_agent.py use the run's settings when --cfg, --cfg-scales, --temperature and "
+                       f"--top-k are not given")
+
+
 class AgentSchedule:
     """Queries a trained SB3 policy (deterministically) for each controllable scale's ratio.
 
@@ -65,8 +99,10 @@ class AgentSchedule:
 
     name = "rl"
 
-    def __init__(self, model, observer, actions, normalizer: ObsNormalizer | None, layout: dict) -> None:
+    def __init__(self, model, observer, actions, normalizer: ObsNormalizer | None, layout: dict,
+                 budget: float | None = None, guard=None) -> None:
         self.model, self.observer, self.actions, self.normalizer, self.layout = model, observer, actions, normalizer, layout
+        self.budget, self.guard = budget, guard  # budget-conditioned runs: the FLOPs budget and its guard
         self._bound = None
         self._last = (None, None)
 
@@ -75,11 +111,14 @@ class AgentSchedule:
         key = (id(state), state.scale_index, len(state.reports))
         if self._last[0] == key:
             return self._last[1]
-        obs = self.observer.observe_batch(state)
+        obs = self.observer.observe_batch(state, self.budget)
         if self.normalizer is not None:
             obs = self.normalizer(obs)
         actions, _ = self.model.predict(obs, deterministic=True)
         decisions = [self.actions.to_ratio(a) for a in actions]
+        if self.guard is not None:  # each image kept within the budget on its own spend so far
+            decisions = [(d.ratio, d.drop_unconditional) for d in
+                         (self.guard.decide(state, r, drop, self.budget, image=b) for b, (r, drop) in enumerate(decisions))]
         decision = ([r for r, _ in decisions], [d for _, d in decisions])
         self._last = (key, decision)
         return decision
@@ -113,7 +152,8 @@ class AgentSchedule:
         return drops[0] if state.batch == 1 else drops
 
     def describe(self, widths) -> str:
-        return f"rl:{self.layout.get('run', '?')}"
+        budget = "" if self.budget is None else f"@{self.budget:g}"
+        return f"rl:{self.layout.get('run', '?')}{budget}"
 
     # the user's hook ------------------------------------------------------------------------------
     def bind(self, state) -> "AgentSchedule":
@@ -128,8 +168,10 @@ class AgentSchedule:
         return self.ratio(scale, num_scales, self._bound)
 
 
-def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", clip=None) -> AgentSchedule:
-    """A run directory from train.py -> schedule for ``generator`` (checked to fit)."""
+def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", clip=None,
+                        budget: float | None = None) -> AgentSchedule:
+    """A run directory from train.py -> schedule for ``generator`` (checked to fit). A budget-conditioned
+    run needs ``budget`` (fraction of the unpruned transformer FLOPs) inside its trained range."""
     from envs.actions import ActionMapper
     from envs.config import EnvConfig
     from envs.factory import make_clip
@@ -145,9 +187,26 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     layout = dict(cfg["observation_layout"], run=run.name)
     env_cfg = EnvConfig.from_dict(cfg["env"])
     check_layout(layout, generator)
+    check_same_generator(cfg, generator, run)
     if clip is None and env_cfg.prompt_embedding_dim > 0:
         clip = make_clip(env_cfg)
-    observer = ObservationBuilder(generator, layout["first_controllable_scale"], env_cfg.prompt_embedding_dim, clip)
+    guard = None
+    if env_cfg.budget_range is None:
+        if budget is not None:
+            raise RunError(f"{run} is not budget-conditioned (trained without --budget-range): it takes no budget")
+    else:
+        from envs.budget import BudgetGuard, check_budget
+
+        if budget is None:
+            raise RunError(f"{run} is budget-conditioned: give a FLOPs budget in its trained range "
+                           f"[{env_cfg.budget_range[0]:g}, {env_cfg.budget_range[1]:g}] (e.g. --budget)")
+        try:
+            budget = check_budget(budget, env_cfg.budget_range)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        guard = BudgetGuard(generator)
+    observer = ObservationBuilder(generator, layout["first_controllable_scale"], env_cfg.prompt_embedding_dim, clip,
+                                  budget_conditioned=env_cfg.budget_range is not None)
     check_layout(layout, generator, observer.dim)
     try:
         model = algo_class(cfg["algo"]).load(str(model_path), device="cpu")
@@ -157,4 +216,4 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     normalizer = ObsNormalizer(stats) if stats.is_file() else None
     if cfg.get("hyperparams", {}).get("normalize_observations") and normalizer is None:
         raise RunError(f"{stats} is missing but the run normalised observations")
-    return AgentSchedule(model, observer, ActionMapper(env_cfg), normalizer, layout)
+    return AgentSchedule(model, observer, ActionMapper(env_cfg), normalizer, layout, budget=budget, guard=guard)

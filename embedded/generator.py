@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from embedded.config import SamplingConfig
-from embedded.flops import prefill_flops, schedule_flops, step_flops
+from embedded.flops import decoder_flops, prefill_flops, schedule_flops, step_flops
 from embedded.text import tokenize
 from embedded.tokenizer import MultiScaleVQTokenizer, next_scale_input
 from embedded.transformer import BranchContext, NextScaleTransformer
@@ -129,10 +129,13 @@ class NextScaleGenerator:
 
     def schedule_flops(self, ratios: list[float], unconditional: list[bool] | None = None) -> list[float]:
         """Per-scale FLOPs of one image for a list of ratios (analytic, no generation)."""
-        n = self.num_scales
         if unconditional is None:
-            unconditional = [self.guidance.needs_unconditional(k, n) for k in range(n)]
+            unconditional = [self.uses_unconditional(k) for k in range(self.num_scales)]
         return schedule_flops(self.transformer.cfg, self.tokenizer.cfg, [validate_ratio(r) for r in ratios], unconditional)
+
+    def uses_unconditional(self, scale_index: int) -> bool:
+        """Whether the guidance runs the unconditional branch at this scale (unless a step drops it)."""
+        return self.guidance.needs_unconditional(scale_index, self.num_scales)
 
     def flops_full(self) -> float:
         """FLOPs of one unpruned image (prefill + every scale), the denominator of FLOPs fractions."""
@@ -142,6 +145,16 @@ class NextScaleGenerator:
         """Whole-image FLOPs of a ratio list (prefill included) as a fraction of ``flops_full()``."""
         used = prefill_flops(self.transformer.cfg) + sum(self.schedule_flops(ratios, unconditional))
         return used / self.flops_full()
+
+    def decode_flops(self) -> float:
+        """FLOPs of the tokenizer's decoder for one image (analytic, ``embedded.flops.decoder_flops``;
+        tests check it against FlopCounterMode). Not part of ``flops_full()``."""
+        return decoder_flops(self.tokenizer.cfg)
+
+    def text_flops(self) -> float:
+        """0: the prompt encoder is part of the transformer here and ``flops_full()`` already counts
+        it in the prefill (``embedded.flops.prompt_encoder_flops``, once per CFG branch)."""
+        return 0.0
 
     # ---- generation ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -30,6 +30,11 @@ class EnvConfig:
     lpips_net, lpips_backbone: LPIPS network ('alex' | 'vgg') and a local backbone weights path.
     cfg_scale: classifier-free guidance of the generator. prompt_embedding_dim: size of the fixed
         random projection of the prompt's CLIP text embedding in the observation.
+    budget_range: (low, high) fractions of the unpruned transformer FLOPs, or None. When set, the
+        agent is budget-conditioned: each episode draws its budget from this range (uniformly with
+        ``np_random``; 'cycle' order uses a deterministic low-discrepancy sequence;
+        ``reset(options={"budget": b})`` overrides), the budget and the budget left are observed, the
+        budget guard (envs/budget.py) keeps every image within it, and the reward's budget term uses it.
     """
 
     generator: str = "tiny"
@@ -52,6 +57,7 @@ class EnvConfig:
     reference_cache_size: int = 8192
     reference_cache_dir: str | None = None
     infinity: dict | None = None
+    budget_range: tuple[float, float] | None = None
 
     def validate(self) -> "EnvConfig":
         if self.action_mode not in ACTION_MODES:
@@ -68,12 +74,18 @@ class EnvConfig:
             raise ValueError(f"num_controllable must be >= 1, got {self.num_controllable}")
         if self.prompt_embedding_dim < 0:
             raise ValueError(f"prompt_embedding_dim must be >= 0, got {self.prompt_embedding_dim}")
+        if self.budget_range is not None:
+            from envs.budget import check_budget_range
+
+            self.budget_range = check_budget_range(self.budget_range, 0.0)
         self.reward.validate()
         return self
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ratio_grid"] = list(self.ratio_grid)
+        if self.budget_range is not None:
+            d["budget_range"] = list(self.budget_range)
         return d
 
     @classmethod
@@ -86,4 +98,6 @@ class EnvConfig:
             d["reward"] = RewardConfig(**d["reward"])
         if "ratio_grid" in d:
             d["ratio_grid"] = tuple(d["ratio_grid"])
+        if d.get("budget_range") is not None:
+            d["budget_range"] = tuple(d["budget_range"])
         return cls(**d)

@@ -13,15 +13,25 @@ import torch
 import torch.nn.functional as F
 
 N_BASE_FEATURES = 3
-N_CONTENT_FEATURES = 6
+#: the content features, in observation order. "code deviation" is measured on the *latent codes*: the
+#: accumulated code map average-pooled to the token map about to run (the input that scale is
+#: conditioned on). FastVAR's selection score is the same kind of deviation measured on the
+#: transformer's hidden states (residual stream) at the pruning layer, which only exist once the scale
+#: runs, after the agent has decided; these features are a cheap proxy of it, not the score itself.
+CONTENT_FEATURE_NAMES = ("log1p_code_deviation_mean", "code_deviation_cv", "code_deviation_top_quarter_share",
+                         "code_high_frequency_energy", "last_scale_entropy_fraction", "log1p_code_magnitude")
+N_CONTENT_FEATURES = len(CONTENT_FEATURE_NAMES)
+N_BUDGET_FEATURES = 2
 PROJECTION_SEED = 12345
 
 
 class ObservationBuilder:
     """Observation vector for the scale a state is about to run (layout: ``VarPruneEnv`` docstring)."""
 
-    def __init__(self, generator, first_controllable: int, prompt_embedding_dim: int, clip=None) -> None:
+    def __init__(self, generator, first_controllable: int, prompt_embedding_dim: int, clip=None,
+                 budget_conditioned: bool = False) -> None:
         self.generator = generator
+        self.budget_conditioned = budget_conditioned
         self.first_controllable = first_controllable
         self.controllable = generator.num_scales - first_controllable
         self.prompt_embedding_dim = prompt_embedding_dim
@@ -39,7 +49,17 @@ class ObservationBuilder:
 
     @property
     def dim(self) -> int:
-        return N_BASE_FEATURES + self.controllable + N_CONTENT_FEATURES + self.prompt_embedding_dim
+        return (N_BASE_FEATURES + self.controllable + N_CONTENT_FEATURES + self.prompt_embedding_dim
+                + (N_BUDGET_FEATURES if self.budget_conditioned else 0))
+
+    def budget_features(self, flops_used: float, budget: float | None) -> np.ndarray:
+        """[budget, budget left] as fractions of the unpruned FLOPs, for an image that has spent
+        ``flops_used`` (empty unless budget-conditioned)."""
+        if not self.budget_conditioned:
+            return np.zeros(0, np.float32)
+        if budget is None:
+            raise ValueError("this observation is budget-conditioned: pass the episode's FLOPs budget")
+        return np.asarray([budget, budget - flops_used / self.flops_full], np.float32)
 
     def prompt_features(self, prompt: str) -> np.ndarray:
         if self._proj is None:
@@ -63,8 +83,10 @@ class ObservationBuilder:
         return self._pools[key]
 
     def content_features(self, state, codes_BChw: np.ndarray | None = None, b: int = 0) -> np.ndarray:
-        """Image b's FastVAR token-deviation statistics, spectral and entropy features (NumPy: tiny
-        maps). ``codes_BChw``: the accumulated codes as float64 NumPy (read from the state if None)."""
+        """``CONTENT_FEATURE_NAMES`` of image b for the token map about to run: deviation statistics of the
+        latent codes pooled to that map (not FastVAR's hidden-state score, see the constant), spectral energy
+        of the accumulated codes, the last scale's sampling entropy, the code magnitude (NumPy: tiny maps).
+        ``codes_BChw``: the accumulated codes as float64 NumPy (read from the state if None)."""
         from generator.spectral import high_frequency_energy_batch
 
         if codes_BChw is None:
@@ -92,13 +114,18 @@ class ObservationBuilder:
         mag = float(np.abs(codes).mean())
         return np.asarray([math.log1p(mean), cv, top, hf, ent, math.log1p(mag)], np.float32)
 
-    def observe_batch(self, state) -> np.ndarray:
-        """(B, dim): one observation per image of the state's batch, each exactly what that image
-        would be observed as if it were generated alone (its own codes, FLOPs, ratios and prompt)."""
+    def observe_batch(self, state, budgets=None) -> np.ndarray:
+        """(B, dim): one observation per image of the state's batch, each exactly what that image would be
+        observed as if it were generated alone (its own codes, FLOPs, ratios, prompt and, for
+        budget-conditioned observations, its budget: ``budgets`` is one per image or one for all)."""
         n = state.num_scales
         k = min(state.scale_index, n - 1)
         widths = self.generator.scale_widths
         flops = state.flops_used_per_image
+        if budgets is None or isinstance(budgets, (int, float)):
+            budgets = [budgets] * state.batch
+        if len(budgets) != state.batch:
+            raise ValueError(f"got {len(budgets)} budgets for a batch of {state.batch} images")
         codes = None if state.finished else self.generator.accumulated_codes(state).detach().cpu().numpy().astype(np.float64)
         rows = []
         for b in range(state.batch):
@@ -109,12 +136,12 @@ class ObservationBuilder:
             prev[: len(chosen)] = chosen
             # after the last scale there is no next token map to describe, and no agent acts on this observation
             content = np.zeros(N_CONTENT_FEATURES, np.float32) if state.finished else self.content_features(state, codes, b)
-            rows.append(np.concatenate([np.asarray(base + prev, np.float32), content,
-                                        self.prompt_features(state.prompts[b])]).astype(np.float32))
+            rows.append(np.concatenate([np.asarray(base + prev, np.float32), content, self.prompt_features(state.prompts[b]),
+                                        self.budget_features(flops[b], budgets[b])]).astype(np.float32))
         return np.stack(rows)
 
-    def observe(self, state) -> np.ndarray:
+    def observe(self, state, budget: float | None = None) -> np.ndarray:
         """(dim,): the observation of a one-image state (``observe_batch`` for a batch)."""
         if state.batch != 1:
             raise ValueError(f"observe() describes one image but the state holds {state.batch}: use observe_batch(state)")
-        return self.observe_batch(state)[0]
+        return self.observe_batch(state, [budget])[0]

@@ -43,22 +43,33 @@ class VarPruneEnv(gym.Env):
     | 1 | token-map side of the scale about to run / final side |
     | 2 | FLOPs spent so far / FLOPs of the unpruned image |
     | 3 .. 3+C-1 | ratios already chosen for the controllable scales (-1 = not yet) |
-    | 3+C | log1p of the mean squared deviation of the scale's input tokens from their mean (FastVAR's selection score) |
+    | 3+C | latent-code deviation: log1p of the mean squared deviation of the scale's input codes (the accumulated code map pooled to this scale's tokens) from their mean |
     | 3+C+1 | coefficient of variation of those deviations |
     | 3+C+2 | share of the total deviation held by the top quarter of tokens |
     | 3+C+3 | high-frequency spectral energy fraction of the accumulated codes |
     | 3+C+4 | mean entropy of the last sampled scale's token distributions / its maximum, rounded to 1e-3 |
     | 3+C+5 | log1p of the mean absolute accumulated code value |
     | 3+C+6 .. | fixed random projection of the prompt's CLIP text embedding (E values) |
+    | last two | with ``budget_range``: the episode's FLOPs budget b, and b - FLOPs spent so far (fractions) |
 
-    Entries 3+C .. 3+C+5 describe the token map about to run; in the observation returned with
-    ``terminated=True`` they are 0 (there is no next scale, and no agent acts on that observation).
+    Entries 3+C .. 3+C+5 (``envs.observation.CONTENT_FEATURE_NAMES``) describe the token map about to run.
+    The deviation features are computed on latent codes, a proxy of FastVAR's selection score (which
+    is measured on the transformer's hidden states at the pruning layer, only once the scale runs). In
+    the observation returned with ``terminated=True`` they are 0 (there is no next scale, and no agent
+    acts on that observation).
 
     ## Rewards
     Every step: ``flops_weight * (FLOPs saved at this scale vs the unpruned image) / FLOPs(unpruned
     image)``. After the last scale, the terminal quality terms of ``rewards.RewardFunction``:
     CLIP-score change vs the unpruned image of the same prompt and seed, SSIM / LPIPS vs that image,
-    and the FLOPs-budget penalty if ``reward.flops_budget`` is set. See README "Reward".
+    and the FLOPs-budget penalty if ``reward.flops_budget`` (or the episode's budget) is set. See
+    README "Reward".
+
+    ## Budget-conditioned episodes (``budget_range``)
+    Each episode has its own FLOPs budget b (observed). Before a controllable scale runs, the budget
+    guard (``envs.budget.BudgetGuard``) raises the chosen ratio to the smallest one that keeps the
+    image within b, up to skipping the scale; ``info["guarded"]`` counts such projections. With the
+    ``embedded_budget`` reward preset the reward is quality alone.
 
     ## Starting state
     ``reset`` draws a prompt from the prompt split and an image seed from ``range(image_seeds)``
@@ -111,7 +122,14 @@ class VarPruneEnv(gym.Env):
         self.controllable = n - first
         self.flops_full = float(self.generator.flops_full())
         self.flops_unpruned_per_scale = self.generator.schedule_flops([0.0] * n)
-        self.observer = ObservationBuilder(self.generator, first, cfg.prompt_embedding_dim, self.clip)
+        self.observer = ObservationBuilder(self.generator, first, cfg.prompt_embedding_dim, self.clip,
+                                           budget_conditioned=cfg.budget_range is not None)
+        self.guard = None
+        if cfg.budget_range is not None:
+            from envs.budget import BudgetGuard, check_budget_range
+
+            self.guard = BudgetGuard(self.generator)
+            check_budget_range(cfg.budget_range, self.guard.forced_fraction(first))
 
         self.actions = ActionMapper(cfg)
         self.action_space = self.actions.space
@@ -119,6 +137,8 @@ class VarPruneEnv(gym.Env):
         self._state = None
         self._done = True
         self._episode = 0
+        self._budget: float | None = None
+        self._guarded = 0
 
     # ---- spaces ---------------------------------------------------------------------------------
     @property
@@ -127,7 +147,8 @@ class VarPruneEnv(gym.Env):
         return {"num_scales": self.generator.num_scales, "scale_widths": list(self.generator.scale_widths),
                 "first_controllable_scale": self.first_controllable, "observation_dim": int(self.observation_space.shape[0]),
                 "action_mode": self.config.action_mode, "allow_drop_unconditional": self.config.allow_drop_unconditional,
-                "prompt_embedding_dim": self.config.prompt_embedding_dim, "backend": self.generator.backend}
+                "prompt_embedding_dim": self.config.prompt_embedding_dim, "backend": self.generator.backend,
+                "budget_range": None if self.config.budget_range is None else list(self.config.budget_range)}
 
     def action_to_ratio(self, action) -> tuple[float, bool]:
         """Map an action to (ratio, drop_unconditional); validates it (no silent clipping)."""
@@ -154,6 +175,8 @@ class VarPruneEnv(gym.Env):
         if image_seed is None:
             image_seed = int(self.np_random.integers(self.config.image_seeds))
         self._prompt, self._image_seed = prompt, int(image_seed)
+        self._budget = self._draw_budget(options.get("budget"))
+        self._guarded = 0
         self._state = self.generator.start([prompt], [self._image_seed])
         for _ in range(self.first_controllable):
             self.generator.step(self._state, 0.0)
@@ -166,6 +189,10 @@ class VarPruneEnv(gym.Env):
             raise RuntimeError("episode is over: call reset() before step()")
         ratio, drop = self.action_to_ratio(action)
         k = self._state.scale_index
+        if self.guard is not None:
+            decision = self.guard.decide(self._state, ratio, drop, self._budget)
+            ratio, drop = decision.ratio, decision.drop_unconditional
+            self._guarded += int(decision.guarded)
         report = self.generator.step(self._state, ratio, drop_unconditional=drop)
         self._ratios[k] = ratio
         saved = (self.flops_unpruned_per_scale[k] - report.flops) / self.flops_full
@@ -178,7 +205,7 @@ class VarPruneEnv(gym.Env):
             ref_image, ref_clip = self._reference(self._prompt, self._image_seed)
             terminal, terms = self.reward_fn.terminal(image, ref_image, self._prompt,
                                                       used_fraction=self._state.flops_used / self.flops_full,
-                                                      reference_clip=ref_clip)
+                                                      reference_clip=ref_clip, budget=self._budget)
             reward += terminal
             info_extra = dict(terms, terminal_reward=terminal)
         obs = self._observation()
@@ -190,6 +217,25 @@ class VarPruneEnv(gym.Env):
         return to_uint8(self.generator.decode(self._state)[0])
 
     # ---- internals --------------------------------------------------------------------------------
+    def _draw_budget(self, budget) -> float | None:
+        rng = self.config.budget_range
+        if rng is None:
+            if budget is not None:
+                raise ValueError("options['budget'] needs a budget-conditioned env (EnvConfig.budget_range)")
+            return None
+        from envs.budget import check_budget
+
+        if budget is not None:
+            return check_budget(budget, rng)
+        lo, hi = rng
+        if self.config.prompt_order == "cycle":
+            # fixed evaluation set: a van der Corput sequence over episodes covers the range evenly
+            i, u, base = self._episode, 0.0, 0.5
+            while i:
+                u, i, base = u + base * (i & 1), i >> 1, base / 2
+            return lo + (hi - lo) * u
+        return float(lo + (hi - lo) * self.np_random.random())
+
     def _reference(self, prompt: str, seed: int):
         key = (prompt, seed, self.generator.fingerprint())
 
@@ -201,11 +247,14 @@ class VarPruneEnv(gym.Env):
                                              prompt=prompt)
 
     def _observation(self) -> np.ndarray:
-        return self.observer.observe(self._state)
+        return self.observer.observe(self._state, self._budget)
 
     def _info(self) -> dict:
         st = self._state
         return {"prompt": self._prompt, "image_seed": self._image_seed, "flops_used": st.flops_used,
                 "flops_full": self.flops_full, "flops_fraction": st.flops_used / self.flops_full,
-                "ratios": list(self._ratios), "kept": [r.kept for r in st.reports], "scale_index": st.scale_index}
+                "ratios": list(self._ratios), "kept": [r.kept for r in st.reports], "scale_index": st.scale_index,
+                "drop_unconditional": [not r.unconditional and r.kept > 0 and self.generator.uses_unconditional(r.scale_index)
+                                       for r in st.reports],
+                "budget": self._budget, "guarded": self._guarded}
 

@@ -137,7 +137,7 @@ def evaluate_folders(orig: str | Path, methods: dict[str, str | Path], suite) ->
             scores = suite.score(img[None], [prompt], None if name == "orig" else ref[None])[0]
             rows.append({"image": iid, "prompt": prompt, **scores})
         agg = {}
-        for metric in ("psnr", "ssim", "lpips", "clip_score", "image_reward"):
+        for metric in ("psnr", "ssim", "lpips", "clip_score", "image_reward", "hpsv2"):
             vals = [r[metric] for r in rows if metric in r]
             if vals:
                 m, h, n = mean_ci(vals)
@@ -158,12 +158,12 @@ def folder_report_markdown(report: dict) -> str:
         return f"{a['mean']:.3f}{ci}"
 
     lines = [f"Reference (--orig): {report['orig']} ({report['num_orig']} images)", "",
-             "| set | scored / images | PSNR (dB) | SSIM | LPIPS | CLIP score | ImageReward | missing | extra | unreadable | size mismatch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| set | scored / images | PSNR (dB) | SSIM | LPIPS | CLIP score | ImageReward | HPSv2 | missing | extra | unreadable | size mismatch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in report["methods"].items():
         a = m["metrics"]
         lines.append(f"| {name} | {m['num_scored']} / {m['num_images']} | {fmt(a, 'psnr')} | {fmt(a, 'ssim')} | "
-                     f"{fmt(a, 'lpips')} | {fmt(a, 'clip_score')} | {fmt(a, 'image_reward')} | {len(m['missing'])} | "
+                     f"{fmt(a, 'lpips')} | {fmt(a, 'clip_score')} | {fmt(a, 'image_reward')} | {fmt(a, 'hpsv2')} | {len(m['missing'])} | "
                      f"{len(m['extra'])} | {len(m['unreadable'])} | {len(m['size_mismatch'])} |")
     lines.append("")
     lines.append("Mean ± 95% CI over scored images; PSNR/SSIM/LPIPS vs --orig (the orig row has CLIP score only).")

@@ -71,6 +71,18 @@ def parse_interval(text: str | None) -> tuple[int | None, int | None]:
     return first, last
 
 
+def resolved_cfg(args, cfg_default: float = DEFAULT_CFG_SCALE):
+    """The guidance scale ``build_generator(args, cfg_default)`` gives the generator, for the record: for
+    Infinity the options file's ``cfg`` unless ``--cfg`` overrides it (``cfg_default`` applies to tiny only)."""
+    if args.cfg is not None:
+        return args.cfg
+    if args.generator == "infinity":
+        path = args.infinity_options
+        opts = json.loads(Path(path).read_text()) if path is not None and Path(path).is_file() else {}
+        return opts.get("cfg", backend("infinity").default_cfg)
+    return cfg_default
+
+
 def build_generator(args, cfg_default: float = DEFAULT_CFG_SCALE):
     """The generator the options describe (raises ValueError / WeightsError with clear messages)."""
     if args.generator == "infinity":

@@ -25,8 +25,11 @@ b's history either way, ``state.flops_used_per_image`` its FLOPs).
 
 FLOPs are analytic and per image (multiply-add = 2 FLOPs): ``schedule_flops`` gives a ratio list's
 per-scale cost without generating anything, ``flops_full`` the unpruned image's transformer cost
-(prefill included), the denominator of every "FLOPs fraction". Decoder and text-encoder costs are
-reported separately where a backend knows them (``decode_flops``, ``text_flops``).
+(prefill included), the denominator of every "FLOPs fraction" the env and its reward use (the
+"transformer fraction": the compute pruning acts on). An image also costs its decoder pass
+(``decode_flops``) and the text encoding outside the transformer's prefill (``text_flops``), the
+same for every schedule; :func:`total_flops_fraction` counts them too (the "total fraction": an
+image's whole compute), which is what claims about an image's cost must use.
 
 Two implementations: :class:`embedded.generator.NextScaleGenerator` (the shipped CPU model) and
 :class:`infinity_backend.generator.InfinityGenerator` (Infinity-2B on a GPU). Env, agents, evaluation
@@ -292,8 +295,19 @@ class PerScaleGenerator(Protocol):
     def flops_full(self) -> float:
         """Transformer FLOPs of one unpruned image (prefill + every scale)."""
 
+    def uses_unconditional(self, scale_index: int) -> bool:
+        """Whether scale ``scale_index`` runs the unconditional CFG branch unless the step drops it."""
+
     def flops_fraction(self, ratios: list[float], unconditional: list[bool] | None = None) -> float:
         """Transformer FLOPs of a ratio list as a fraction of ``flops_full()``."""
+
+    def decode_flops(self) -> float:
+        """FLOPs of decoding one image's accumulated codes into pixels (the VQ/VAE decoder); the
+        same for every schedule (a skipped scale still leaves a latent map to decode)."""
+
+    def text_flops(self) -> float:
+        """FLOPs of encoding one image's prompt that ``flops_full()`` does NOT already count (a text
+        encoder outside the transformer, e.g. Infinity's T5); 0 where the prefill includes it."""
 
     def start(self, prompts: list[str] | str, seeds: list[int] | int) -> GenerationProgress:
         """Encode the prompts and prefill; the returned state is at scale 0."""
@@ -316,3 +330,23 @@ class PerScaleGenerator(Protocol):
 
     def generate(self, prompts: list[str] | str, seeds: list[int] | int, schedule=None):
         """Whole generation with a schedule: (images_B3HW, final state)."""
+
+
+def total_flops_full(generator: PerScaleGenerator) -> float:
+    """One unpruned image's whole compute: transformer (prefill included) + decoder + text encoder."""
+    return generator.flops_full() + generator.decode_flops() + generator.text_flops()
+
+
+def total_fraction_of_used(generator: PerScaleGenerator, transformer_flops_used: float) -> float:
+    """An image's total compute as a fraction of the unpruned image's, from its transformer FLOPs
+    (``state.flops_used``): (used + decoder + text) / (full + decoder + text)."""
+    fixed = generator.decode_flops() + generator.text_flops()
+    return (float(transformer_flops_used) + fixed) / (generator.flops_full() + fixed)
+
+
+def total_flops_fraction(generator: PerScaleGenerator, ratios: list[float],
+                         unconditional: list[bool] | None = None) -> float:
+    """Total-compute fraction of a schedule: (transformer + decoder + text) / (unpruned transformer +
+    decoder + text). ``generator.flops_fraction`` is the transformer-only fraction of the same schedule."""
+    used = generator.flops_fraction(ratios, unconditional) * generator.flops_full()
+    return total_fraction_of_used(generator, used)

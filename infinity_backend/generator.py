@@ -67,6 +67,8 @@ class InfinityGenerator:
             self.arch = InfinityArch(self.depth, model.C, model.num_heads, blk.ffn.fc1.out_features / model.C,
                                      model.codebook_dim, model.Ct5, self.opts.flops_text_tokens)
         self._autocast = self.device.type == "cuda" and self.opts.bf16
+        self._decode_flops: float | None = None  # counted on first use (FlopCounterMode), then cached
+        self._text_flops: float | None = None
 
     # ---- description --------------------------------------------------------------------------
     @property
@@ -109,9 +111,8 @@ class InfinityGenerator:
                 f"prune={self.prune_layers}:model={stamp(o.model_path)}:vae={stamp(o.vae_path)}:t5={stamp(o.text_encoder_ckpt)}")
 
     def schedule_flops(self, ratios: list[float], unconditional: list[bool] | None = None) -> list[float]:
-        n = self.num_scales
         if unconditional is None:
-            unconditional = [self.guided] * n
+            unconditional = [self.guided] * self.num_scales
         return infinity_schedule_flops(self.arch, self.scale_hw, ratios, unconditional, self.prune_layers)
 
     def _prefill_flops(self) -> float:
@@ -120,8 +121,36 @@ class InfinityGenerator:
     def flops_full(self) -> float:
         return self._prefill_flops() + sum(self.schedule_flops([0.0] * self.num_scales))
 
+    def uses_unconditional(self, scale_index: int) -> bool:
+        """Whether this scale runs the unconditional branch unless a step drops it (CFG is on or off for
+        the whole image in upstream Infinity)."""
+        return self.guided
+
     def flops_fraction(self, ratios: list[float], unconditional: list[bool] | None = None) -> float:
         return (self._prefill_flops() + sum(self.schedule_flops(ratios, unconditional))) / self.flops_full()
+
+    def decode_flops(self) -> float:
+        """FLOPs of the VAE decoder for one image at the final scale's latent size, counted once with
+        FlopCounterMode on the loaded VAE (a forward pass on a zero latent) and cached."""
+        if self._decode_flops is None:
+            from generator.flop_count import count_flops
+
+            _, H, W = self.vae_scale_schedule[-1]
+            z = torch.zeros(1, self.model.codebook_dim, H, W, device=self.device)
+            with self._amp():
+                self._decode_flops = count_flops(lambda: self.vae.decode(z))
+        return self._decode_flops
+
+    def text_flops(self) -> float:
+        """FLOPs of the text encoder for one prompt (T5 runs on the prompt padded to its max_length, so
+        every prompt costs the same), counted once with FlopCounterMode and cached. Not in
+        ``flops_full()``, whose prefill starts from the encoder's output."""
+        if self._text_flops is None:
+            from generator.flop_count import count_flops
+
+            with self._amp():
+                self._text_flops = count_flops(lambda: self.text_encoder(["a photo"]))
+        return self._text_flops
 
     def _amp(self):
         if self._autocast:

@@ -8,7 +8,7 @@ unpruned reference ``x0`` for prompt ``p``:
                             - ssim_weight  * (1 - SSIM(x, x0))
                             - lpips_weight * LPIPS(x, x0)
                             - psnr_weight  * (1 - min(PSNR(x, x0), psnr_cap_db) / psnr_cap_db)
-                            - budget_penalty * max(0, u - flops_budget)   (only if flops_budget is set)
+                            - budget_penalty * max(0, u - b)              (b = the episode's budget, else flops_budget)
 
 Every quality term is exactly 0 when nothing is pruned (x == x0), so an all-zero episode scores 0.
 """
@@ -53,6 +53,14 @@ class RewardConfig:
                       "budget_penalty": 5.0, **overrides})
 
     @classmethod
+    def embedded_budget(cls, **overrides) -> "RewardConfig":
+        """Preset for a budget-conditioned agent on the shipped model: quality alone (CLIP change + SSIM),
+        no FLOPs bonus; the episode's budget is the constraint (kept by the env's budget guard, and a
+        penalty beyond it for schedules the guard does not cover)."""
+        return cls(**{"flops_weight": 0.0, "clip_weight": 0.02, "ssim_weight": 1.0, "flops_budget": None,
+                      "budget_penalty": 5.0, **overrides})
+
+    @classmethod
     def infinity(cls, **overrides) -> "RewardConfig":
         """Preset for Infinity-2B: CLIP (ViT-L-14) + LPIPS, FLOPs budget at FastVAR's share (~0.37)."""
         return cls(**{"flops_weight": 1.0, "clip_weight": 0.02, "lpips_weight": 1.0, "flops_budget": 0.37,
@@ -91,9 +99,11 @@ class RewardFunction:
         return self.config.flops_weight * float(flops_saved_fraction)
 
     def terminal(self, image: torch.Tensor, reference: torch.Tensor, prompt: str, used_fraction: float,
-                 reference_clip: float | None = None) -> tuple[float, dict]:
-        """Quality and budget terms at the end of an episode; returns (reward, named terms)."""
+                 reference_clip: float | None = None, budget: float | None = None) -> tuple[float, dict]:
+        """Quality and budget terms at the end of an episode; returns (reward, named terms).
+        ``budget`` (fraction) overrides ``flops_budget`` for this episode (budget-conditioned agents)."""
         c = self.config
+        budget = c.flops_budget if budget is None else budget
         terms: dict = {}
         reward = 0.0
         s = float(ssim(image, reference)[0])
@@ -110,7 +120,7 @@ class RewardFunction:
             lp = float(self.lpips(image, reference)[0])
             terms["lpips"] = lp
             reward -= c.lpips_weight * lp
-        excess = 0.0 if c.flops_budget is None else max(0.0, used_fraction - c.flops_budget)
+        excess = 0.0 if budget is None else max(0.0, used_fraction - budget)
         terms.update(flops_fraction=float(used_fraction), budget_excess=excess, quality_reward=reward)
         reward -= c.budget_penalty * excess
         return float(reward), terms

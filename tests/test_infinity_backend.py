@@ -307,6 +307,14 @@ def test_state_copy_drop_unconditional_and_flops(monkeypatch):
     flags = [not d for d in drops]
     assert [r.flops for r in a.reports] == pytest.approx(gen.schedule_flops(ratios, flags), rel=1e-12)
     assert a.reports[4].kept == 64 - 32 and a.reports[5].kept == 144 - 43
+    # total FLOPs: the VAE decoder and T5 (outside the transformer's prefill), counted once and cached
+    from generator.flop_count import count_flops
+    from generator.protocol import total_flops_fraction
+
+    assert gen.text_flops() == count_flops(lambda: enc(["anything"])) > 0  # T5 pads: every prompt costs the same
+    assert gen.decode_flops() > 0 and gen.decode_flops() is gen.decode_flops()
+    tf = total_flops_fraction(gen, ratios, flags)
+    assert gen.flops_fraction(ratios, flags) < tf < 1.0
     assert gen.accumulated_codes(a).shape == (1, 32, 16, 16) and 0 < float(a.last_entropy_B[0]) <= gen.max_entropy
 
 

@@ -1,0 +1,110 @@
+"""Per-episode FLOPs budgets: drawing them, observing them, and keeping every schedule inside them.
+
+A budget-conditioned agent is told, with each image, what fraction ``b`` of the unpruned image's
+transformer FLOPs it may spend (prefill and the uncontrolled first scales included), and is rewarded
+for quality alone. The **budget guard** makes the constraint hard rather than hoped for: before a
+controllable scale runs, the decision ``(r, drop)`` is checked against what is left of the budget,
+assuming every later controllable scale could still be skipped (cost 0). If the scale would overspend,
+the guard raises the ratio to the smallest one that fits (keeping the agent's CFG-drop choice), up to
+skipping the scale. Every projection is reported (``BudgetDecision.guarded``; the env's ``info``
+counts them), so the agent learns with the same projection it is deployed with, and a schedule can
+never end above its budget.
+
+Units: budgets and spends are fractions of ``generator.flops_full()`` (transformer FLOPs of the
+unpruned image, prefill included) — the compute that pruning acts on. Tables report the total with the
+VQ decoder and the text encoder beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from generator.pruning import tokens_kept
+
+#: the FLOPs fraction any budget must leave above the forced (uncontrolled) spend, so that at least
+#: the cheapest choice at every controllable scale (a skip) fits
+BUDGET_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    ratio: float
+    drop_unconditional: bool
+    guarded: bool          # True when the guard changed the ratio
+    cost_fraction: float   # this scale's FLOPs after the guard, fraction of flops_full
+
+
+def check_budget_range(budget_range, minimum: float) -> tuple[float, float]:
+    """A (low, high) budget range as fractions; ``minimum`` is the forced spend of the uncontrolled scales."""
+    try:
+        lo, hi = (float(v) for v in budget_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"budget_range must be two numbers (low, high), got {budget_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi <= 1):
+        raise ValueError(f"budget_range must satisfy 0 < low <= high <= 1 (fractions of the unpruned FLOPs), "
+                         f"got {budget_range!r}")
+    if lo < minimum:
+        raise ValueError(f"budget_range low {lo:.3f} is below {minimum:.3f}, the FLOPs the uncontrolled first scales "
+                         f"and the prefill always spend: no schedule can meet it (raise low or control earlier scales)")
+    return lo, hi
+
+
+def check_budget(budget: float, budget_range: tuple[float, float]) -> float:
+    """A budget inside the range the agent was trained on; anything else is an error naming the range."""
+    try:
+        b = float(budget)
+    except (TypeError, ValueError):
+        raise ValueError(f"budget must be a number (fraction of the unpruned FLOPs), got {budget!r}") from None
+    lo, hi = budget_range
+    if not (math.isfinite(b) and lo - 1e-9 <= b <= hi + 1e-9):
+        raise ValueError(f"budget {budget!r} is outside the trained range [{lo:g}, {hi:g}] "
+                         f"(fractions of the unpruned transformer FLOPs)")
+    return b
+
+
+class BudgetGuard:
+    """Projects per-scale decisions so that a generation never ends above its FLOPs budget."""
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+        self.flops_full = float(generator.flops_full())
+
+    def forced_fraction(self, first_controllable: int) -> float:
+        """FLOPs fraction spent before the first controllable scale (prefill + unpruned early scales)."""
+        n = self.generator.num_scales
+        ratios = [0.0] * first_controllable + [1.0] * (n - first_controllable)
+        return float(self.generator.flops_fraction(ratios))
+
+    def _cost(self, state, ratio: float, drop: bool, image: int = 0) -> float:
+        """FLOPs (per image) of running the current scale of ``state`` with (ratio, drop) for image ``image``."""
+        g, k, n = self.generator, state.scale_index, state.num_scales
+        done = state.image_reports(image)[:k]
+        ratios = [r.ratio for r in done] + [ratio] + [1.0] * (n - k - 1)
+        unc = [r.unconditional for r in done] + [g.uses_unconditional(k) and not drop] + [False] * (n - k - 1)
+        return float(g.schedule_flops(ratios, unc)[k])
+
+    def decide(self, state, ratio: float, drop: bool, budget: float, image: int = 0) -> BudgetDecision:
+        """The decision to run at ``state``'s next scale so that image ``image`` of it stays within ``budget``
+        (each image of a batch on its own spend so far)."""
+        allowed = budget * self.flops_full - state.flops_used_per_image[image] + BUDGET_EPS * self.flops_full
+        if ratio >= 1.0:
+            return BudgetDecision(ratio, drop, False, 0.0)
+        cost = self._cost(state, ratio, drop, image)
+        if cost <= allowed:
+            return BudgetDecision(ratio, drop, False, cost / self.flops_full)
+        side = self.generator.scale_sides[state.scale_index]
+        n_tok = side * side if isinstance(side, int) else int(side[0]) * int(side[1])
+        # cost falls with every token dropped: binary search for the most tokens that still fit
+        lo, hi, best = 1, tokens_kept(n_tok, ratio) - 1, None
+        while lo <= hi:
+            keep = (lo + hi) // 2
+            r = (n_tok - keep + 0.5) / n_tok  # mid-interval: tokens_kept(n_tok, r) == keep without float edge cases
+            c = self._cost(state, r, drop, image)
+            if c <= allowed:
+                best, lo = (r, c), keep + 1
+            else:
+                hi = keep - 1
+        if best is None:
+            return BudgetDecision(1.0, drop, True, 0.0)
+        return BudgetDecision(best[0], drop, True, best[1] / self.flops_full)

@@ -1,0 +1,132 @@
+"""Budget-conditioned episodes: the budget in the observation, the guard, the constraint term, and
+budget-conditioned runs in generate.py (embedded default, shipped weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import generate
+import train
+from envs.budget import BudgetGuard, check_budget, check_budget_range
+from envs.config import EnvConfig
+from envs.var_prune import VarPruneEnv
+from rewards.reward import RewardConfig, RewardFunction
+
+RANGE = (0.25, 0.6)
+PROMPT = "a small blue dotted star at the top left and a large red solid circle in the centre on a noisy navy background"
+
+
+@pytest.fixture(scope="module")
+def env():
+    return VarPruneEnv(EnvConfig(budget_range=RANGE, allow_drop_unconditional=True, prompt_embedding_dim=0,
+                                 reward=RewardConfig.embedded_budget(clip_weight=0.0)))
+
+
+def _run(env, budget, actions):
+    obs, info = env.reset(seed=0, options={"prompt": PROMPT, "seed": 1, "budget": budget})
+    observations, done, i = [obs], False, 0
+    while not done:
+        obs, reward, done, _, info = env.step(np.asarray(actions[i], np.float32))
+        observations.append(obs)
+        i += 1
+    return observations, reward, info
+
+
+def test_budget_and_budget_left_are_the_last_two_observation_entries(env):
+    observations, _, info = _run(env, 0.4, [[-1.0, -1.0]] * 4)
+    assert observations[0][-2] == np.float32(0.4)
+    spent0 = env.guard.forced_fraction(env.first_controllable)
+    assert observations[0][-1] == pytest.approx(0.4 - spent0, abs=1e-6)
+    assert observations[-1][-1] == pytest.approx(0.4 - info["flops_fraction"], abs=1e-6)
+    assert env.observation_space.shape[0] == env.observer.dim
+
+
+@pytest.mark.parametrize("budget", [0.25, 0.31, 0.4, 0.52, 0.6])
+def test_guard_keeps_every_image_within_its_budget_and_uses_it(env, budget):
+    rng = np.random.default_rng(int(budget * 100))
+    for _ in range(3):
+        actions = rng.uniform(-1, 1, (4, 2))
+        actions[:, 0] = np.minimum(actions[:, 0], 0.7)  # mostly run the scale: the guard has work to do
+        _, _, info = _run(env, budget, actions)
+        assert info["flops_fraction"] <= budget + 1e-9
+    # all-zero ratios never fit these budgets: the guard projects them, and the image spends most of b
+    _, _, info = _run(env, budget, [[-1.0, -1.0]] * 4)
+    assert info["guarded"] >= 1 and budget - 0.1 < info["flops_fraction"] <= budget + 1e-9
+
+
+def test_guard_leaves_decisions_that_fit_unchanged(env):
+    _, _, info = _run(env, 0.6, [[-1.0, 1.0], [1.0, -1.0], [1.0, -1.0], [1.0, -1.0]])  # run 4x4 without CFG, skip rest
+    assert info["guarded"] == 0 and info["ratios"][3:] == [0.0, 1.0, 1.0, 1.0]
+    assert info["drop_unconditional"][3] is True
+
+
+def test_guard_projection_is_the_most_tokens_that_fit():
+    from embedded.loaders import load_embedded_generator
+
+    g = load_embedded_generator()
+    guard = BudgetGuard(g)
+    st = g.start([PROMPT], [0])
+    for _ in range(4):
+        g.step(st, 0.0)
+    budget = 0.40
+    d = guard.decide(st, 0.0, False, budget)
+    allowed = budget * guard.flops_full - st.flops_used
+    assert d.guarded and d.cost_fraction * guard.flops_full <= allowed + 1e-6
+    # one more token would not fit
+    side = g.scale_sides[st.scale_index]
+    from generator.pruning import tokens_kept
+
+    keep = tokens_kept(side * side, d.ratio)
+    more = (side * side - keep - 1 + 0.5) / (side * side)
+    assert guard._cost(st, more, False) > allowed
+
+
+def test_constraint_term_is_zero_inside_the_budget_and_linear_beyond():
+    rf = RewardFunction(RewardConfig.embedded_budget(clip_weight=0.0))
+    img = torch.rand(1, 3, 64, 64)
+    inside, t_in = rf.terminal(img, img, PROMPT, used_fraction=0.30, budget=0.35)
+    over, t_over = rf.terminal(img, img, PROMPT, used_fraction=0.45, budget=0.35)
+    assert inside == 0.0 and t_in["budget_excess"] == 0.0
+    assert over == pytest.approx(-5.0 * 0.10) and t_over["budget_excess"] == pytest.approx(0.10)
+
+
+def test_bad_budgets_are_errors_naming_the_range(env):
+    with pytest.raises(ValueError, match=r"outside the trained range \[0.25, 0.6\]"):
+        env.reset(options={"budget": 0.7})
+    with pytest.raises(ValueError, match="below"):
+        check_budget_range((0.1, 0.5), minimum=0.18)
+    with pytest.raises(ValueError, match="0 < low <= high <= 1"):
+        EnvConfig(budget_range=(0.6, 0.3)).validate()
+    assert check_budget(0.3, RANGE) == 0.3
+    with pytest.raises(ValueError, match="budget-conditioned"):
+        VarPruneEnv(EnvConfig(prompt_embedding_dim=0, reward=RewardConfig.embedded(clip_weight=0.0))).reset(
+            options={"budget": 0.3})
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    args = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
+            "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress",
+            "--budget-range", "0.25", "0.6", "--allow-drop-unconditional", "--out", str(out), "--name", "b"]
+    assert train.main(args) == 0
+    return out / "b"
+
+
+def test_generate_with_a_budget_conditioned_agent_stays_within_the_budget(budget_run, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "gen"
+    assert generate.main(["--prompts", "test", "--num-prompts", "6", "--agent", str(budget_run), "--budget", "0.3",
+                          "--out", str(out)]) == 0
+    fracs = [im["flops_fraction"] for p in out.glob("gen_images_*/config.json")
+             for im in json.loads(p.read_text())["images"]]
+    assert len(fracs) == 6 and all(f <= 0.3 + 1e-9 for f in fracs)
+    assert generate.main(["--prompts", "test", "--num-prompts", "1", "--agent", str(budget_run), "--budget", "0.9",
+                          "--out", str(out)]) == 2
+    assert "outside the trained range [0.25, 0.6]" in capsys.readouterr().err
+    assert generate.main(["--prompts", "test", "--num-prompts", "1", "--agent", str(budget_run), "--out", str(out)]) == 2
+    assert "budget-conditioned" in capsys.readouterr().err
+    assert generate.main(["--prompts", "test", "--num-prompts", "1", "--budget", "0.3", "--out", str(out)]) == 2
