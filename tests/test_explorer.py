@@ -175,3 +175,19 @@ def test_app_refuses_bad_options_before_serving(tmp_path, capsys):
         assert app.main(["--port", "0"]) == 2 and "--port must be in 1..65535, got 0" in capsys.readouterr().err
         assert app.main(["--generator", "infinity"]) == 2
         assert "--generator infinity needs --infinity-options FILE" in capsys.readouterr().err
+
+
+def test_domaineval_column_where_the_judge_exists(explorer):
+    """Wired behind an import check: runs once evaluation.judge and its weights are in the checkout."""
+    judge_module = pytest.importorskip("evaluation.judge", reason="evaluation.judge (DomainEval) is not in this checkout")
+    try:
+        judge = judge_module.DomainJudge.load()
+    except Exception as e:  # noqa: BLE001 - missing or unreadable weights: say which, and skip
+        pytest.skip(f"DomainEval judge weights do not load here: {type(e).__name__}: {e}")
+    with_judge = Explorer(explorer.generator, clip=explorer.clip, judge=judge, latency_repeats=1)
+    comparison = with_judge.compare(PROMPT, 3, requests_from_form(["FastVAR"], "", ""))
+    images = np.stack([o.image_HW3 for o in comparison.outcomes])
+    expected = judge.score(images, [PROMPT] * len(images))
+    for o, s in zip(comparison.outcomes, expected):
+        assert o.judge["attribute_accuracy"] == s.attribute_accuracy and o.judge["scene_accuracy"] == s.scene_accuracy
+    assert "attr acc" in comparison.table_markdown() and "**DomainEval**" in comparison.outcomes[1].metrics_markdown()
