@@ -34,9 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompts", default="test", help="prompt split or file for the comparison")
     c.add_argument("--num-prompts", type=int, default=100)
     c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    c.add_argument("--search-prompts", default="val", help="prompts the best static schedule is searched on")
-    c.add_argument("--search-num-prompts", type=int, default=24)
-    c.add_argument("--search-evals", type=int, default=100, help="CMA-ES evaluations for the best static schedule (0 = skip)")
+    c.add_argument("--search-prompts", default="val", help="prompts the best static schedule is chosen on (never the "
+                   "--prompts: an overlap is an error)")
+    c.add_argument("--search-num-prompts", type=int, default=100)
+    c.add_argument("--search-seeds", type=int, nargs="+", default=[0], help="image seeds of the search prompts")
+    c.add_argument("--static-search", action=argparse.BooleanOptionalAction, default=True,
+                   help="best static schedules, static frontier and oracle (--no-static-search: leave them out)")
+    c.add_argument("--grid-ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75],
+                   help="pruning ratios of the static grid on each controllable scale (each also with the CFG "
+                        "branch dropped, plus skip)")
+    c.add_argument("--refine-rounds", type=int, default=3, help="local refinement rounds after the grid (0 = grid only)")
+    c.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=True,
+                   help="per-prompt oracle (evaluates every fitting grid schedule on the test items; the slowest part)")
+    c.add_argument("--cache-dir", type=Path, default=Path("results") / "cache",
+                   help="per-item results of static schedules, reused by reruns (keyed by generator, items, scorer)")
+    c.add_argument("--budget", type=float, default=None, help="FLOPs budget for budget-conditioned runs (fraction of "
+                   "the unpruned transformer FLOPs; default: FastVAR's)")
+    c.add_argument("--judge-weights", type=Path, default=None, help="DomainEval judge weights (default: the shipped file)")
     c.add_argument("--grid-prompts", type=int, default=6)
     c.add_argument("--out", type=Path, default=None)
     f = ap.add_argument_group("folder mode")
@@ -64,7 +78,16 @@ def check_compare_args(args) -> None:
 
     check_positive("--num-prompts", args.num_prompts)
     check_positive("--search-num-prompts", args.search_num_prompts)
-    check_non_negative("--search-evals", args.search_evals)
+    check_non_negative("--refine-rounds", args.refine_rounds)
+    from evaluation.metrics import check_unique
+
+    check_unique(f"seeds in --seeds {' '.join(map(str, args.seeds))}", args.seeds)
+    check_unique(f"seeds in --search-seeds {' '.join(map(str, args.search_seeds))}", args.search_seeds)
+    for r in args.grid_ratios:
+        if not 0.0 <= r < 0.9:
+            raise ValueError(f"--grid-ratios must be pruning ratios in [0, 0.9) (skip is always in the grid), got {r:g}")
+    if len(set(args.grid_ratios)) != len(args.grid_ratios):
+        raise ValueError(f"--grid-ratios lists a ratio twice: {' '.join(f'{r:g}' for r in args.grid_ratios)}")
     check_non_negative("--grid-prompts", args.grid_prompts)
 
 
@@ -108,8 +131,8 @@ def latest_run(runs_dir: Path) -> Path:
 class Method:
     """A named way to choose ratios per image: a schedule (same for all) or a per-image factory."""
 
-    def __init__(self, name: str, schedule=None, per_image=None) -> None:
-        self.name, self._schedule, self._per_image = name, schedule, per_image
+    def __init__(self, name: str, schedule=None, per_image=None, kind: str = "baseline", note: str = "") -> None:
+        self.name, self._schedule, self._per_image, self.kind, self.note = name, schedule, per_image, kind, note
 
     def schedule_for(self, index: int):
         return self._per_image(index) if self._per_image is not None else self._schedule
@@ -117,6 +140,7 @@ class Method:
 
 def run_method(generator, method: Method, items: list[tuple[str, int]]) -> tuple[list[torch.Tensor], list[dict]]:
     """Generate every (prompt, seed) at batch 1 (as deployed), timing each image."""
+    from evaluation.scoreboard import state_record
     from generate import run_one
 
     images, recs = [], []
@@ -126,128 +150,207 @@ def run_method(generator, method: Method, items: list[tuple[str, int]]) -> tuple
             sched.bind(None)
         img, state, latency = run_one(generator, sched, p, s, None)
         images.append(img)
-        recs.append({"ratios": [r.ratio for r in state.reports], "flops": state.flops_used,
-                     "flops_fraction": state.flops_used / generator.flops_full(), "latency_ms": 1000 * latency})
+        recs.append(state_record(generator, state, latency))
     return images, recs
+
+
+def _label(run: Path, runs: list[Path]) -> str:
+    names = [r.name for r in runs]  # the run's folder name, with its parent where names clash
+    return run.name if names.count(run.name) == 1 else f"{run.parent.name}/{run.name}"
 
 
 def compare_mode(args, suite) -> int:
     from agents.schedule import load_agent_schedule, read_run_config
-    from envs.config import EnvConfig
-    from evaluation.metrics import HIGHER_IS_BETTER, mean_ci, paired
-    from evaluation.report import image_grid, markdown_table, pareto_plot, write_csv
-    from evaluation.static_search import StaticScheduleSearch, random_schedule_at
     from domain import load_prompts
-    from generator.schedules import FastVARSchedule, OriginalSchedule, RatioListSchedule, TailPatternSchedule
+    from envs.config import EnvConfig
+    from envs.factory import make_generator
+    from evaluation.report import (
+        frontier_table, image_grid, markdown_table, pareto_plot, quality_only_table, static_search_lines, write_csv,
+    )
+    from evaluation.scoreboard import (
+        DomainEval, QUALITY_METRICS, build_static_baselines, check_items, paired_rows, reward_of, summarize_rows,
+    )
+    from evaluation.static_search import QualityScorer, random_schedule_at
+    from generator.protocol import total_flops_fraction
+    from generator.schedules import (
+        FastVARSchedule, OriginalSchedule, RatioListSchedule, TailPatternSchedule, schedule_ratios,
+    )
     from rewards import RewardFunction
 
+    t_start = time.time()
     runs = args.run or [latest_run(args.runs_dir)]
     if len(set(map(str, runs))) != len(runs):
         raise ValueError(f"--run lists the same run twice: {[str(r) for r in runs]}")
-    names = [r.name for r in runs]  # method labels: the run's folder name, with its parent where names clash
-    labels = {r: (r.name if names.count(r.name) == 1 else f"{r.parent.name}/{r.name}") for r in runs}
+    labels = {r: _label(r, runs) for r in runs}
     configs = [read_run_config(r) for r in runs]
     env_cfgs = [EnvConfig.from_dict(c["env"]) for c in configs]
     keys = {(e.generator, repr(e.cfg_scale)) for e in env_cfgs}  # repr: Infinity's cfg may be a per-scale list
     if len(keys) > 1:
         raise ValueError(f"runs were trained on different generators / CFG scales {sorted(keys)}: evaluate them separately")
+    firsts = {c["observation_layout"]["first_controllable_scale"] for c in configs}
+    if len(firsts) > 1:
+        raise ValueError(f"runs control different scales (first controllable scale {sorted(firsts)}): evaluate them "
+                         "separately (each gets a static baseline with the same levers)")
+    first = firsts.pop()
     env0 = env_cfgs[0]
-    from envs.factory import make_generator
-
+    domain_prompts = env0.generator == "tiny"  # the procedural domain: prompts must be in its grammar
+    prompts = load_prompts(args.prompts)[: args.num_prompts]
+    items = check_items(prompts, args.seeds, f"--prompts {args.prompts}", grammar=domain_prompts)
+    search_prompts = load_prompts(args.search_prompts)[: args.search_num_prompts]
+    val_items = check_items(search_prompts, args.search_seeds, f"--search-prompts {args.search_prompts}", grammar=domain_prompts)
+    overlap = sorted(set(prompts) & set(search_prompts))
+    if overlap and args.static_search:
+        raise ValueError(f"{len(overlap)} prompt(s) are both test and search prompts (e.g. {overlap[0]!r}): the static "
+                         "baseline must be chosen on prompts it is not scored on")
     generator = make_generator(env0)
+    domain = DomainEval.load(args.judge_weights, enabled=domain_prompts)
     reward_fns = [RewardFunction(e.reward, clip=suite.clip if e.reward.clip_weight > 0 else None,
                                  lpips=suite.lpips if e.reward.lpips_weight > 0 else None) for e in env_cfgs]
-    prompts = load_prompts(args.prompts)[: args.num_prompts]
-    items = [(p, s) for p in prompts for s in args.seeds]
+    rfn = reward_fns[0]  # QUALITY = its quality terms (the runs share them, checked below)
+    quality_keys = {tuple((k, e.reward.to_dict()[k]) for k in ("clip_weight", "ssim_weight", "lpips_weight",
+                                                                "psnr_weight", "psnr_cap_db")) for e in env_cfgs}
+    if len(quality_keys) > 1:
+        raise ValueError(f"runs weigh the quality terms differently {sorted(quality_keys)}: evaluate them separately")
     n = generator.num_scales
-    t_start = time.time()
+    widths = tuple(generator.scale_widths)
 
-    methods = [Method("original", OriginalSchedule()), Method("fastvar", FastVARSchedule()), Method("tail", TailPatternSchedule())]
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t_start:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+    # ---- fixed schedules and the agents, at batch 1 (as deployed, timed) ----
+    methods: list[Method] = [Method("original", OriginalSchedule(), note="no pruning"),
+                             Method("fastvar", FastVARSchedule(), note=FastVARSchedule().describe(widths)),
+                             Method("tail", TailPatternSchedule(), note=TailPatternSchedule().describe(widths))]
     results: dict[str, tuple[list, list]] = {}
+    meta: dict[str, Method] = {}
     for m in methods:
         results[m.name] = run_method(generator, m, items)
+        meta[m.name] = m
+    log(f"original, fastvar, tail: {len(items)} images each")
     refs = torch.stack(results["original"][0])
-    search_prompts = load_prompts(args.search_prompts)[: args.search_num_prompts]
-    searches = {}
-    for run, cfg, env_cfg, rfn in zip(runs, configs, env_cfgs, reward_fns):
-        tag = labels[run] if len(runs) > 1 else ""
-        rl_name = f"rl:{labels[run]}"
-        agent = load_agent_schedule(run, generator, clip=clip_for_agent(env_cfg, args, suite))
-        results[rl_name] = run_method(generator, Method(rl_name, agent), items)
-        target = float(np.mean([r["flops_fraction"] for r in results[rl_name][1]]))
-        first = cfg["observation_layout"]["first_controllable_scale"]
-        if args.search_evals > 0:
-            search = StaticScheduleSearch(generator, search_prompts, [0], rfn)
-            fv = FastVARSchedule()
-            x0 = [min(fv.ratio(k, n), 0.95) for k in range(first, n)]
-            res = search.search(target, first, env_cfg.skip_threshold, evaluations=args.search_evals, x0=x0)
-            searches[labels[run]] = {"ratios": res.ratios, "flops_fraction": res.flops_fraction,
-                                  "val_mean_quality": res.mean_quality, "evaluations": res.evaluations, "target": target}
-            name = "best_static" + (f":{tag}" if tag else "")
-            results[name] = run_method(generator, Method(name, RatioListSchedule(tuple(res.ratios))), items)
-        rng = np.random.default_rng(0)
-        rand = [RatioListSchedule(tuple(random_schedule_at(generator, target, first, rng, env_cfg.skip_threshold)))
-                for _ in items]
-        name = "random" + (f":{tag}" if tag else "")
-        results[name] = run_method(generator, Method(name, per_image=lambda i, rand=rand: rand[i]), items)
+    targets: dict[str, float] = {}
+    budgets: dict[str, float | None] = {}
+    for run, env_cfg in zip(runs, env_cfgs):
+        rl = f"rl:{labels[run]}"
+        budget = None
+        if env_cfg.budget_range is not None:  # a budget-conditioned run: at --budget, default FastVAR's FLOPs
+            budget = args.budget if args.budget is not None else generator.flops_fraction(schedule_ratios(FastVARSchedule(), n))
+        elif args.budget is not None:
+            raise ValueError(f"--budget {args.budget} given but {run} is not budget-conditioned")
+        budgets[rl] = budget
+        agent = load_agent_schedule(run, generator, clip=clip_for_agent(env_cfg, args, suite), budget=budget)
+        results[rl] = run_method(generator, Method(rl, agent), items)
+        meta[rl] = Method(rl, kind="rl", note=f"{run}" + ("" if budget is None else f", budget {budget:.3f}"))
+        targets[rl] = float(np.mean([r["total_flops_fraction"] for r in results[rl][1]]))
+        log(f"{rl}: {len(items)} images, mean total FLOPs fraction {targets[rl]:.4f}")
+    targets["fastvar"] = total_flops_fraction(generator, schedule_ratios(FastVARSchedule(), n))
 
-    # per-image metrics
-    rfn = reward_fns[0]
-    ref_clip = suite.clip.score(refs, [p for p, _ in items]).tolist()
+    # ---- static baselines: grid on validation, frontier, oracle on test ----
+    static = None
+    if args.static_search:
+        static = build_static_baselines(generator, first, targets, val_items, items, refs, rfn, domain,
+                                        skip_threshold=env0.skip_threshold, refine_rounds=args.refine_rounds,
+                                        oracle=args.oracle, cache_dir=args.cache_dir, grid_ratios=tuple(args.grid_ratios),
+                                        log=log)
+        log(f"static search: {static.info}")
+        for label, res in static.search.items():
+            suffix = "" if (len(runs) == 1 and label.startswith("rl:")) else (
+                f":{label[3:]}" if label.startswith("rl:") else f"@{label}")
+            name = "best_static" + suffix
+            results[name] = run_method(generator, Method(name, res.schedule), items)
+            meta[name] = Method(name, kind="best_static", note=f"{res.schedule.describe(widths)}; chosen on "
+                                f"{len(val_items)} validation images by quality at total FLOPs <= "
+                                f"{res.target_total_fraction:.3f} ({label})")
+            if label in static.oracle:
+                per_prompt = static.oracle[label]
+                oname = "oracle" + suffix
+                results[oname] = run_method(generator, Method(oname, per_image=lambda i, pp=per_prompt: pp[items[i][0]]), items)
+                meta[oname] = Method(oname, kind="oracle", note=f"UPPER BOUND: per test prompt, the grid schedule with "
+                                     f"total FLOPs <= {res.target_total_fraction:.3f} that is best on that prompt's own "
+                                     f"test images (by quality)")
+    for run, env_cfg in zip(runs, env_cfgs):
+        rl = f"rl:{labels[run]}"
+        rng = np.random.default_rng(0)
+        target_t = float(np.mean([r["flops_fraction"] for r in results[rl][1]]))
+        rand = [RatioListSchedule(tuple(random_schedule_at(generator, target_t, first, rng, env_cfg.skip_threshold)))
+                for _ in items]
+        name = "random" + ("" if len(runs) == 1 else f":{labels[run]}")
+        results[name] = run_method(generator, Method(name, per_image=lambda i, rand=rand: rand[i]), items)
+        meta[name] = Method(name, kind="random", note=f"uniform random ratios per image at {rl}'s transformer FLOPs")
+    log("all methods generated")
+
+    # ---- per-image metrics ----
+    quality = QualityScorer(rfn, refs, [p for p, _ in items])
+    item_prompts = [p for p, _ in items]
     rows: list[dict] = []
     per_method: dict[str, list[dict]] = {}
     for name, (imgs, recs) in results.items():
-        scores = suite.score(torch.stack(imgs), [p for p, _ in items], refs)
-        method_rows = []
+        x = torch.stack(imgs)
+        scores = suite.score(x, item_prompts, refs)
+        q = quality(x, slice(0, len(items)))["quality"]
+        dom = domain(x, item_prompts) if domain.available else {}
+        budget = budgets.get(name)
+        mrows = []
         for k, ((p, s), rec, sc) in enumerate(zip(items, recs, scores)):
-            saved = 1.0 - rec["flops_fraction"]
-            term, _ = rfn.terminal(imgs[k][None], refs[k:k + 1], p, rec["flops_fraction"],
-                                   reference_clip=ref_clip[k] if rfn.clip is not None else None)
-            row = {"method": name, "prompt": p, "seed": s, **sc, **{k2: v for k2, v in rec.items() if k2 != "ratios"},
-                   "reward": rfn.config.flops_weight * saved + term, "ratios": " ".join(f"{r:g}" for r in rec["ratios"])}
-            method_rows.append(row)
-        rows += method_rows
-        per_method[name] = method_rows
-    metrics = ("flops_fraction", "flops", "latency_ms", "psnr", "ssim", "lpips", "clip_score", "image_reward", "reward")
+            row = {"method": name, "prompt": p, "seed": s, **{m: float(v[k]) for m, v in dom.items()}, **sc,
+                   **{k2: v for k2, v in rec.items() if k2 not in ("ratios", "dropped_cfg")}, "quality": float(q[k]),
+                   "reward": reward_of(rfn.config, float(q[k]), rec["flops_fraction"], budget),
+                   "ratios": " ".join(f"{r:g}" + ("d" if d else "") for r, d in zip(rec["ratios"], rec["dropped_cfg"]))}
+            mrows.append(row)
+        rows += mrows
+        per_method[name] = mrows
     summary = {"runs": [str(r) for r in runs], "prompts": args.prompts, "num_prompts": len(prompts), "seeds": args.seeds,
-               "num_images": len(items), "unavailable": suite.unavailable(), "static_search": searches,
-               "flops_full": generator.flops_full(), "methods": {}, "paired": {}}
+               "num_images": len(items), "search_prompts": args.search_prompts, "search_items": len(val_items),
+               "unavailable": suite.unavailable(), "flops_full": generator.flops_full(),
+               "decode_flops": generator.decode_flops(), "text_flops": generator.text_flops(),
+               "domain_eval": "available" if domain.available else domain.why,
+               "statistics": "mean over the seeds of each prompt, then a t interval (95%) / one-sample t test and "
+                             "Wilcoxon signed-rank over the prompt means; n = prompts",
+               "flops_note": "flops_fraction = transformer FLOPs / unpruned transformer FLOPs (what the env's reward "
+                             "counts); total_flops_fraction adds the VQ decoder and the text encoder (the image's "
+                             "whole compute) to both",
+               "quality_note": "quality = the reward's quality terms only (CLIP-score change, 1 - SSIM, LPIPS, PSNR "
+                               "with the run's weights): no FLOPs bonus, no budget penalty; reward = the run's "
+                               "episode reward (FLOPs bonus + quality - budget penalty), shown for reference",
+               "methods": {}, "paired": {}, "static_search": {}, "static_frontier": [],
+               "grid": {} if static is None else static.info}
     for name, mrows in per_method.items():
-        agg = {}
-        for metric in metrics:
-            vals = [r[metric] for r in mrows if metric in r]
-            if vals:
-                mean, half, cnt = mean_ci(vals)
-                if name == "original" and metric == "psnr":
-                    mean, half, cnt = float("inf"), float("nan"), len(vals)
-                agg[metric] = {"mean": mean, "ci95": half, "n": cnt}
-        summary["methods"][name] = {"metrics": agg}
+        m = meta[name]
+        summary["methods"][name] = {"kind": m.kind, "note": m.note, "upper_bound": m.kind == "oracle",
+                                    "metrics": summarize_rows(mrows)}
+        if name == "original" and "psnr" in summary["methods"][name]["metrics"]:
+            summary["methods"][name]["metrics"]["psnr"].update(mean=float("inf"), ci95=float("nan"))
+    if static is not None:
+        for label, res in static.search.items():
+            summary["static_search"][label] = res.to_dict(widths)
+        for label, pp in static.oracle.items():
+            summary["static_search"][label]["oracle_schedules_used"] = len(set(pp.values()))
+        for s, tot, vq in static.frontier:
+            t = static.test_results.get(s)
+            tf = generator.flops_fraction(list(s.ratios), s.unconditional_flags(
+                [bool(generator.uses_unconditional(k)) for k in range(n)]))
+            entry = {"schedule": s.describe(widths), "transformer_fraction": tf, "total_fraction": tot, "val_quality": vq}
+            if t is not None:
+                entry["test"] = summarize_rows([{"prompt": p, "seed": sd, **{m: float(v[i]) for m, v in t.items()}}
+                                                for i, (p, sd) in enumerate(items)], QUALITY_METRICS + tuple(
+                                                   k for k in t if k.startswith("domain_")))
+            summary["static_frontier"].append(entry)
     for run in runs:
         rl = f"rl:{labels[run]}"
-        tag = f":{labels[run]}" if len(runs) > 1 else ""
-        for other in ("fastvar", f"best_static{tag}"):
-            if other not in per_method:
-                continue
-            comp = {}
-            for metric in ("ssim", "clip_score", "lpips", "reward", "flops_fraction"):
-                a = [r.get(metric) for r in per_method[rl]]
-                b = [r.get(metric) for r in per_method[other]]
-                if any(x is not None for x in a):
-                    sign = 1 if HIGHER_IS_BETTER[metric] else -1
-                    c = paired([None if x is None else sign * x for x in a], [None if x is None else sign * x for x in b])
-                    c["mean_diff"] *= sign  # report the raw difference; wins count "better" by the metric's direction
-                    comp[metric] = c
-            summary["paired"][f"{rl} vs {other}"] = comp
+        suffix = "" if len(runs) == 1 else f":{labels[run]}"
+        for other in ("fastvar", "best_static" + suffix, "best_static@fastvar", "oracle" + suffix):
+            if other in per_method:
+                summary["paired"][f"{rl} vs {other}"] = paired_rows(per_method[rl], per_method[other], PAIRED_METRICS)
+    for other in ("best_static@fastvar", "oracle@fastvar"):
+        if other in per_method:
+            summary["paired"][f"{other} vs fastvar"] = paired_rows(per_method[other], per_method["fastvar"], PAIRED_METRICS)
     summary["wall_clock_s"] = round(time.time() - t_start, 1)
 
     out = args.out or Path("results") / ("eval_" + "+".join(r.name for r in runs))
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(summary)
+    table = "\n\n".join([markdown_table(summary), quality_only_table(summary), static_search_lines(summary),
+                          frontier_table(summary)])
     print(table)
-    if searches:
-        for rn, s in searches.items():
-            print(f"- best static for {rn} (CMA-ES, {s['evaluations']} evals on {len(search_prompts)} {args.search_prompts} "
-                  f"prompts, FLOPs <= {s['target']:.3f}): ratios {s['ratios']}")
     atomic_write_bytes(out / "table.md", (table + "\n").encode())
     write_csv(rows, out / "per_image.csv")
     atomic_write_json(out / "summary.json", summary)
@@ -259,6 +362,10 @@ def compare_mode(args, suite) -> int:
     image_grid({k: [v[0][i] for i in grid_idx] for k, v in results.items()}, [items[i][0] for i in grid_idx], out / "grid.png")
     print(f"\nwrote {out}/table.md, per_image.csv, summary.json, pareto.png, grid.png ({summary['wall_clock_s']} s)")
     return 0
+
+
+PAIRED_METRICS = ("domain_attribute", "domain_scene", "ssim", "clip_score", "lpips", "psnr", "quality", "reward",
+                  "flops_fraction", "total_flops_fraction")
 
 
 def main(argv: list[str] | None = None) -> int:

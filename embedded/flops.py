@@ -33,8 +33,7 @@ def block_flops(cfg: TransformerConfig, n_tokens: int, kv_len_after: int) -> flo
 def prefill_flops(cfg: TransformerConfig, branches: int = 2) -> float:
     """Per image: prompt encoder, AdaLN projections, start token and cross-attention K/V, per branch."""
     D, T = cfg.width, cfg.text_context
-    text = cfg.text_depth * (linear(T, D, 3 * D) + attention(T, T, D) + linear(T, D, D)
-                             + linear(T, D, 4 * D) + linear(T, 4 * D, D))
+    text = prompt_encoder_flops(cfg)
     ada = linear(1, D, 6 * D) + linear(1, D, 2 * D) + linear(1, D, D)
     ca_kv = cfg.depth * linear(T, D, 2 * D)
     return branches * (text + ada + ca_kv)
@@ -88,3 +87,38 @@ def schedule_flops(cfg: TransformerConfig, tok: TokenizerConfig, ratios: list[fl
             kv[b] = [past + (n_keep if (n_keep is not None and first <= i < last) else L)
                      for i, past in enumerate(kv[b])]
     return out
+
+
+def conv2d(side: int, c_in: int, c_out: int, kernel: int) -> float:
+    """A 'same' convolution on a side x side map (multiply-adds x 2; biases not counted)."""
+    return 2.0 * side * side * c_in * c_out * kernel * kernel
+
+
+def decoder_flops(tok: TokenizerConfig) -> float:
+    """FLOPs of the tokenizer's decoder for one image (latent_size^2 codes -> image_size^2 pixels),
+    mirroring ``embedded.tokenizer._Decoder``: conv_in, a residual block, per level num_res_blocks
+    residual blocks (two 3x3 convs, a 1x1 skip when the width changes) and a 3x3 conv after each 2x
+    upsampling, conv_out. Norms, activations and the upsampling itself are not counted."""
+    chs = [tok.base_channels * m for m in tok.channel_mult][::-1]
+    side, c = tok.latent_size, chs[0]
+
+    def res_block(side: int, c_in: int, c_out: int) -> float:
+        skip = conv2d(side, c_in, c_out, 1) if c_in != c_out else 0.0
+        return conv2d(side, c_in, c_out, 3) + conv2d(side, c_out, c_out, 3) + skip
+
+    total = conv2d(side, tok.latent_channels, c, 3) + res_block(side, c, c)
+    for i, c_out in enumerate(chs):
+        for _ in range(tok.num_res_blocks):
+            total += res_block(side, c, c_out)
+            c = c_out
+        if i < len(chs) - 1:
+            side *= 2
+            total += conv2d(side, c, c, 3)
+    return total + conv2d(side, c, 3, 3)
+
+
+def prompt_encoder_flops(cfg: TransformerConfig) -> float:
+    """FLOPs of encoding one prompt (the text blocks over the padded context); part of ``prefill_flops``."""
+    D, T = cfg.width, cfg.text_context
+    return cfg.text_depth * (linear(T, D, 3 * D) + attention(T, T, D) + linear(T, D, D)
+                             + linear(T, D, 4 * D) + linear(T, 4 * D, D))

@@ -1,4 +1,9 @@
-"""Reports of a comparison: Markdown table, CSV, JSON, Pareto plot, image grid."""
+"""Reports of a comparison: Markdown tables, CSV, the Pareto plot, the image grid.
+
+Every table says which FLOPs a fraction is of: "transformer" (the compute pruning acts on; the env's
+reward counts it) or "total" (transformer + VQ decoder + text encoder: the image's whole compute).
+CIs are prompt-clustered (see ``evaluation.scoreboard``).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,18 @@ from pathlib import Path
 from generator.images import image_grid  # noqa: F401 (moved to generator.images; re-exported)
 from generator.weights_io import atomic_write_bytes
 
-TABLE_METRICS = (("flops_fraction", "FLOPs frac"), ("latency_ms", "latency ms"), ("psnr", "PSNR dB"), ("ssim", "SSIM"),
-                 ("lpips", "LPIPS"), ("clip_score", "CLIP"), ("reward", "reward"))
+TABLE_METRICS = (("domain_attribute", "DomainEval attr"), ("domain_scene", "DomainEval scene"),
+                 ("flops_fraction", "transformer FLOPs"), ("total_flops_fraction", "total FLOPs"),
+                 ("latency_ms", "latency ms"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("lpips", "LPIPS"),
+                 ("clip_score", "CLIP"), ("quality", "quality"), ("reward", "reward (run's)"))
+DIGITS = {"latency_ms": 2, "psnr": 2, "clip_score": 2}
+QUALITY_ONLY = (("total_flops_fraction", "total FLOPs"), ("flops_fraction", "transformer FLOPs"),
+                ("domain_attribute", "DomainEval attr"), ("domain_scene", "DomainEval scene"), ("ssim", "SSIM"),
+                ("clip_score", "CLIP"), ("quality", "quality"))
 
 
 def _fmt(a: dict | None, digits: int = 3) -> str:
-    if not a or a["n"] == 0 or a["mean"] != a["mean"]:
+    if not a or a.get("n", 0) == 0 or a["mean"] != a["mean"]:
         return "n/a"
     if math.isinf(a["mean"]):
         return "inf"
@@ -23,22 +34,104 @@ def _fmt(a: dict | None, digits: int = 3) -> str:
     return f"{a['mean']:.{digits}f}{ci}"
 
 
+def _row(name: str, metrics: dict, columns) -> str:
+    return f"| {name} | " + " | ".join(_fmt(metrics.get(k), DIGITS.get(k, 3)) for k, _ in columns) + " |"
+
+
+def _shown(summary: dict, columns) -> list:
+    """Columns with a value for at least one method (LPIPS, DomainEval may be unavailable)."""
+    keep = []
+    for k, t in columns:
+        if any(k in m["metrics"] for m in summary["methods"].values()) or k.startswith("domain_"):
+            keep.append((k, t))
+    return keep
+
+
 def markdown_table(summary: dict) -> str:
-    head = "| method | " + " | ".join(t for _, t in TABLE_METRICS) + " |"
-    lines = [head, "|" + "---|" * (len(TABLE_METRICS) + 1)]
+    cols = _shown(summary, TABLE_METRICS)
+    lines = ["| method | " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for name, m in summary["methods"].items():
-        cells = [_fmt(m["metrics"].get(k), 2 if k in ("latency_ms", "psnr", "clip_score") else 3) for k, _ in TABLE_METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        label = f"{name} (upper bound)" if m.get("upper_bound") else name
+        lines.append(_row(label, m["metrics"], cols))
     lines.append("")
-    lines.append(f"Mean ± 95% CI over {summary['num_images']} images ({summary['num_prompts']} test prompts × seeds "
-                 f"{summary['seeds']}). PSNR/SSIM/LPIPS vs Original (Original's PSNR is inf: identical). reward = the "
-                 f"run's reward (FLOPs saved + quality terms + budget penalty).")
+    lines.append(f"Mean ± 95% CI clustered by prompt ({summary['num_prompts']} prompts × seeds {summary['seeds']} = "
+                 f"{summary['num_images']} images; {summary['statistics']}). DomainEval: the independent judge "
+                 f"(attribute accuracy, scene accuracy; {summary['domain_eval']}). "
+                 f"transformer FLOPs = fraction of the unpruned transformer FLOPs (what the env's reward counts); "
+                 f"total FLOPs = fraction of the unpruned image's whole compute (transformer + VQ decoder + text encoder). "
+                 f"PSNR/SSIM/LPIPS vs Original (Original's PSNR is inf). quality = the reward's quality terms only "
+                 f"(no FLOPs bonus, no budget penalty); reward (run's) = the run's episode reward, for reference.")
+    for name, m in summary["methods"].items():
+        if m.get("note"):
+            lines.append(f"- {name}: {m['note']}")
     for metric, why in summary.get("unavailable", {}).items():
         lines.append(f"- {metric}: {why}")
+    return "\n".join(lines)
+
+
+def _paired_line(name: str, comp: dict, metrics) -> str:
+    parts = []
+    for k in metrics:
+        c = comp.get(k)
+        if c is None or c["n"] < 2 or c["mean_diff"] != c["mean_diff"]:
+            continue
+        p = c["p_ttest"]
+        parts.append(f"{k} {c['mean_diff']:+.4f} ± {c['ci95']:.4f} (p={p:.2g}, better on {c['wins']}/{c['n']} prompts)"
+                     if p == p else f"{k} {c['mean_diff']:+.4f} (constant)")
+    return f"- {name}: " + "; ".join(parts)
+
+
+def quality_only_table(summary: dict) -> str:
+    """RL vs FastVAR vs the best static schedule at matched total FLOPs, on quality alone."""
+    cols = _shown(summary, QUALITY_ONLY)
+    lines = ["### Quality at matched total FLOPs (no FLOPs bonus, no budget penalty in any score)", "",
+             "| method | " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, m in summary["methods"].items():
+        if m["kind"] in ("rl", "best_static", "oracle") or name == "fastvar":
+            label = f"{name} (upper bound)" if m.get("upper_bound") else name
+            lines.append(_row(label, m["metrics"], cols))
+    lines.append("")
+    lines.append("Paired differences (first − second), prompt-clustered mean ± 95% CI, t-test p over prompts:")
     for name, comp in summary.get("paired", {}).items():
-        parts = [f"{k} {c['mean_diff']:+.4f} ± {c['ci95']:.4f} (p={c['p_ttest']:.3g}, better on {c['wins']}/{c['n']})"
-                 for k, c in comp.items() if c["n"] > 1]
-        lines.append(f"- paired {name}: " + "; ".join(parts))
+        lines.append(_paired_line(name, comp, ("domain_attribute", "domain_scene", "ssim", "clip_score", "quality",
+                                               "total_flops_fraction")))
+    return "\n".join(lines)
+
+
+def static_search_lines(summary: dict) -> str:
+    g = summary.get("grid", {})
+    lines = ["### Best static schedules (chosen on validation by quality; the judge is never used to choose)", ""]
+    if not g:
+        return "(static search not run: --no-static-search)"
+    ratios = ", ".join(f"{r:g}" for r in g.get("grid_ratios", []))
+    lines.append(f"Grid: {g.get('grid_size')} schedules ({{{ratios}}} × CFG branch kept/dropped, + skip, on "
+                 f"every controllable scale); {g.get('grid_fitting_largest_target')} fit the largest target "
+                 f"({g.get('largest_target_total_fraction', float('nan')):.3f} of the total FLOPs) and were evaluated on "
+                 f"{g.get('val_items')} validation images ({g.get('val_schedules_generated')} generated now, "
+                 f"{g.get('val_seconds')} s; the rest from the cache), the others never generated.")
+    for label, s in summary.get("static_search", {}).items():
+        lines.append(f"- at ≤ {s['target_total_fraction']:.3f} total FLOPs ({label}): **{s['schedule']}** "
+                     f"(total {s['total_fraction']:.3f}, transformer {s['transformer_fraction']:.3f}); validation "
+                     f"quality {s['val_quality']:.4f} ≥ the best of the {s['grid_points_evaluated']} fitting grid points "
+                     f"({s['best_grid_val_quality']:.4f}, {s['best_grid_schedule']}); refinement: "
+                     f"{s['refinement_evaluations']} schedules in {s['refinement_rounds']} rounds"
+                     + (f"; oracle used {s['oracle_schedules_used']} distinct schedules" if "oracle_schedules_used" in s else ""))
+    lines.append("(`/nocfg` = the unconditional CFG branch is dropped at that scale; 1 = skipped.)")
+    return "\n".join(lines)
+
+
+def frontier_table(summary: dict) -> str:
+    fr = summary.get("static_frontier", [])
+    if not fr:
+        return ""
+    lines = ["### Static Pareto frontier (chosen on validation, evaluated on the test items)", "",
+             "| schedule | total FLOPs | transformer FLOPs | val quality | test quality | test SSIM | test DomainEval attr | test DomainEval scene |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in fr:
+        t = e.get("test", {})
+        lines.append(f"| {e['schedule']} | {e['total_fraction']:.3f} | {e['transformer_fraction']:.3f} | {e['val_quality']:.4f} | "
+                     f"{_fmt(t.get('quality'), 4)} | {_fmt(t.get('ssim'))} | {_fmt(t.get('domain_attribute'))} | "
+                     f"{_fmt(t.get('domain_scene'))} |")
     return "\n".join(lines)
 
 
@@ -53,30 +146,40 @@ def write_csv(rows: list[dict], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def pareto_plot(summary: dict, path: Path, extra_points: dict | None = None) -> None:
-    """Quality (SSIM and CLIP score) vs FLOPs fraction, one point per method (95% CI error bars)."""
+def pareto_plot(summary: dict, path: Path) -> None:
+    """DomainEval attribute accuracy (when the judge is available) and SSIM against TOTAL FLOPs: every
+    method with prompt-clustered 95% CI bars, the static frontier (test values of the schedules chosen on
+    validation) as a line, the oracle marked as an upper bound."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric, label in ((axes[0], "ssim", "SSIM vs Original"), (axes[1], "clip_score", "CLIP score")):
-        if extra_points:
-            for name, pts in extra_points.items():
-                xs = [p[0] for p in pts if metric in p[1]]
-                ys = [p[1][metric] for p in pts if metric in p[1]]
-                ax.scatter(xs, ys, s=8, alpha=0.35, label=name)
+    panels = [("ssim", "SSIM vs Original")]
+    if any("domain_attribute" in m["metrics"] for m in summary["methods"].values()):
+        panels.insert(0, ("domain_attribute", "DomainEval attribute accuracy"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    markers = {"baseline": "o", "rl": "*", "best_static": "s", "oracle": "^", "random": "x"}
+    for ax, (metric, label) in zip(axes[0], panels):
+        fr = [e for e in summary.get("static_frontier", []) if metric in e.get("test", {})]
+        if fr:
+            xs = [e["total_fraction"] for e in fr]
+            ys = [e["test"][metric]["mean"] for e in fr]
+            es = [e["test"][metric]["ci95"] if e["test"][metric]["ci95"] == e["test"][metric]["ci95"] else 0 for e in fr]
+            ax.errorbar(xs, ys, yerr=es, fmt="-", color="0.6", lw=1, capsize=2, label="static frontier (val-chosen, test)")
         for name, m in summary["methods"].items():
-            f, q = m["metrics"].get("flops_fraction"), m["metrics"].get(metric)
-            if not f or not q or q["n"] == 0 or math.isinf(q["mean"]):
+            f, q = m["metrics"].get("total_flops_fraction"), m["metrics"].get(metric)
+            if not f or not q or q["n"] == 0 or math.isinf(q["mean"]) or q["mean"] != q["mean"]:
                 continue
+            lab = f"{name} (upper bound)" if m.get("upper_bound") else name
             ax.errorbar(f["mean"], q["mean"], xerr=f["ci95"] if f["ci95"] == f["ci95"] else None,
-                        yerr=q["ci95"] if q["ci95"] == q["ci95"] else None, fmt="o", capsize=3, label=name)
-        ax.set_xlabel("FLOPs fraction of unpruned")
+                        yerr=q["ci95"] if q["ci95"] == q["ci95"] else None, fmt=markers.get(m.get("kind"), "o"),
+                        ms=9 if m.get("kind") == "rl" else 6, capsize=3, label=lab)
+        ax.set_xlabel("total FLOPs fraction (transformer + VQ decoder + text encoder)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"test prompts, mean ± 95% CI clustered by prompt ({summary['num_prompts']} prompts)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)

@@ -59,6 +59,52 @@ class RatioListSchedule:
 
 
 @dataclass(frozen=True)
+class StaticSchedule:
+    """A fixed ratio per scale plus, per scale, whether to drop the unconditional CFG branch there
+    (half that scale's compute; see ``PerScaleGenerator.step``). Same for every prompt.
+
+    ``drop_uncond`` defaults to all False (then this is a ``RatioListSchedule``); a flag on a skipped
+    scale (ratio >= 1) is meaningless and rejected, so equal schedules compare equal.
+    """
+
+    ratios: tuple[float, ...]
+    drop_uncond: tuple[bool, ...] | None = None
+    name: str = "static"
+
+    def __post_init__(self) -> None:
+        RatioListSchedule(tuple(self.ratios))  # validates the ratios
+        object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
+        flags = tuple(bool(f) for f in (self.drop_uncond or (False,) * len(self.ratios)))
+        if len(flags) != len(self.ratios):
+            raise ValueError(f"need one drop_uncond flag per scale: {len(self.ratios)} ratios, {len(flags)} flags")
+        for k, (r, f) in enumerate(zip(self.ratios, flags)):
+            if f and r >= 1.0:
+                raise ValueError(f"scale {k} is skipped (ratio {r:g}) and cannot also drop its unconditional branch")
+        object.__setattr__(self, "drop_uncond", flags)
+
+    def ratio(self, scale_index: int, num_scales: int, state: Any | None = None) -> float:
+        return RatioListSchedule(self.ratios).ratio(scale_index, num_scales, state)
+
+    def drop_unconditional(self, scale_index: int, num_scales: int, state: Any | None = None) -> bool:
+        _check_index(scale_index, num_scales)
+        return self.drop_uncond[scale_index]
+
+    def unconditional_flags(self, needs_unconditional: list[bool]) -> list[bool]:
+        """Per scale: does the unconditional branch run (the generator's guidance needs it and this
+        schedule does not drop it)? The ``unconditional`` argument of ``schedule_flops``."""
+        return [bool(u) and not d for u, d in zip(needs_unconditional, self.drop_uncond)]
+
+    def describe(self, widths: tuple[int, ...]) -> str:
+        """``"width:ratio"`` entries (1 = skip) as in the seed's pruning_scales string; ``/nocfg`` marks
+        a scale run without the unconditional branch; ``original`` if nothing is changed."""
+        parts = []
+        for w, r, d in zip(widths, self.ratios, self.drop_uncond):
+            if r > 0 or d:
+                parts.append(f"{w}:{r:g}" + ("/nocfg" if d else ""))
+        return ",".join(parts) or "original"
+
+
+@dataclass(frozen=True)
 class WidthRatioSchedule:
     """The user's ``pruning_scales`` string, keyed by token-map width: ``"32:0.4,40:0.5"``.
 

@@ -5,6 +5,7 @@ All functions take image batches (B, 3, H, W) in [0, 1] and return one value per
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -23,17 +24,55 @@ def _check_pair(images: torch.Tensor, reference: torch.Tensor) -> None:
         raise ValueError(f"image shape {tuple(images.shape)} does not match reference shape {tuple(reference.shape)}")
 
 
+SSIM_KERNEL_SIZE = 11   # torchmetrics' Gaussian window for sigma 1.5: int(3.5 * sigma + 0.5) * 2 + 1
+SSIM_SIGMA = 1.5
+_SSIM_C1, _SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # (k1 * data_range)^2, (k2 * data_range)^2 with data range 1
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_band(n_in: int) -> torch.Tensor:
+    """(n_in, n_in - K + 1) float64 matrix whose product with a row applies the normalised 1-D Gaussian
+    window as a 'valid' correlation: x @ M == conv1d(x, g)."""
+    half = SSIM_KERNEL_SIZE // 2
+    d = torch.arange(-half, half + 1, dtype=torch.float64)
+    g = torch.exp(-torch.pow(d / SSIM_SIGMA, 2) / 2)
+    g = g / g.sum()
+    n_out = n_in - SSIM_KERNEL_SIZE + 1
+    m = torch.zeros(n_in, n_out, dtype=torch.float64)
+    for j in range(n_out):
+        m[j:j + SSIM_KERNEL_SIZE, j] = g
+    return m  # cached: callers never modify it
+
+
 def ssim(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Structural similarity per image (Gaussian window 11, sigma 1.5, data range 1, computed in
-    float64); 1 = identical."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    float64); 1 = identical.
+
+    The same computation as torchmetrics' ``structural_similarity_index_measure`` (reflect padding,
+    mean over the whole map; tests check equality to ~1e-15), but with the separable Gaussian window
+    applied as two banded matrix products instead of an 11x11 float64 convolution: ~35x faster on a
+    CPU, which matters when a static-schedule search scores thousands of images.
+    """
+    import torch.nn.functional as F
 
     _check_pair(images, reference)
-    ref = reference.expand_as(images)
-    # float64: in float32 torchmetrics gives SSIM(x, x) = 1 - 4e-5 on flat images, and the reward
-    # promises quality terms of exactly 0 (to ~1e-13) when nothing is pruned
-    return structural_similarity_index_measure(images.double().clamp(0, 1), ref.double().clamp(0, 1),
-                                              data_range=1.0, reduction="none").reshape(-1).float()
+    # float64: in float32 SSIM(x, x) = 1 - 4e-5 on flat images, and the reward promises quality terms
+    # of exactly 0 (to ~1e-13) when nothing is pruned
+    x = images.double().clamp(0, 1)
+    y = reference.expand_as(images).double().clamp(0, 1)
+    B, _, H, W = x.shape
+    pad = SSIM_KERNEL_SIZE // 2
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
+    stack = torch.cat((x, y, x * x, y * y, x * y))            # (5B, C, H + 2p, W + 2p)
+    filt = _gaussian_band(H + 2 * pad).t() @ (stack @ _gaussian_band(W + 2 * pad))
+    mu_x, mu_y, e_xx, e_yy, e_xy = filt.split(B)
+    mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+    var_x = (e_xx - mu_xx).clamp(min=0.0)
+    var_y = (e_yy - mu_yy).clamp(min=0.0)
+    cov = e_xy - mu_xy
+    s = ((2 * mu_xy + _SSIM_C1) * (2 * cov + _SSIM_C2)) / ((mu_xx + mu_yy + _SSIM_C1) * (var_x + var_y + _SSIM_C2))
+    return s.reshape(B, -1).mean(-1).float()
 
 
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -163,7 +163,9 @@ def test_a_prompt_outside_the_grammar_is_warned_about(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--num-prompts", "0"], "--num-prompts must be >= 1, got 0"),
     (["--search-num-prompts", "0"], "--search-num-prompts must be >= 1, got 0"),
-    (["--search-evals", "-1"], "--search-evals must be >= 0 (0 turns it off), got -1"),
+    (["--refine-rounds", "-1"], "--refine-rounds must be >= 0 (0 turns it off), got -1"),
+    (["--grid-ratios", "0.5", "0.95"], "--grid-ratios must be pruning ratios in [0, 0.9) (skip is always in the grid), got 0.95"),
+    (["--seeds", "0", "1", "0"], "duplicate seeds in --seeds 0 1 0: 0 (each must appear once"),
     (["--grid-prompts", "-2"], "--grid-prompts must be >= 0 (0 turns it off), got -2"),
 ])
 def test_evaluate_refuses_bad_counts(tmp_path, capsys, argv, message):

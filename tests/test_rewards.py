@@ -60,6 +60,19 @@ def test_ssim_and_psnr_from_torchmetrics():
         ssim(x, torch.zeros(1, 3, 32, 32))
 
 
+def test_ssim_equals_torchmetrics():
+    """Our separable SSIM is torchmetrics' computation (float64, Gaussian 11 / 1.5, reflect padding)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    x = torch.cat([as_tensor(render_prompt(RED, s)) for s in range(3)] + [torch.full((1, 3, 64, 64), 0.3)])
+    g = torch.Generator().manual_seed(1)
+    y = (x + 0.15 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    ref = structural_similarity_index_measure(y.double(), x.double(), data_range=1.0, reduction="none")
+    assert torch.allclose(ssim(y, x).double(), ref.reshape(-1).float().double(), rtol=0, atol=1e-7)
+    assert torch.equal(ssim(x, x), torch.ones(4))  # identical images: exactly 1, flat ones included
+    assert torch.allclose(ssim(y, x[:1]), ssim(y, x[:1].expand_as(y)), rtol=0, atol=0)  # one reference for all
+
+
 def test_lpips_wiring_with_a_random_backbone(tmp_path):
     """Wiring only: no ImageNet weights exist offline, so the AlexNet backbone here is randomly
     initialised (torchvision's architecture and state-dict layout, loaded like the real file)."""

@@ -38,6 +38,11 @@ def test_a_run_directory_has_everything(trained):
     cfg = json.loads((trained / "config.json").read_text())
     assert cfg["algo"] == "ppo" and cfg["hyperparams"]["n_steps"] == 32 and cfg["env"]["reward"]["ssim_weight"] > 0
     assert [t for t, _, _ in curve(trained)] == [64, 128]
+    summary = json.loads((trained / "summary.json").read_text())
+    # a validation figure next to FastVAR's on the same episodes, said to be one; no "beats FastVAR" verdict
+    assert summary["evaluations"] == 2 and "best of 2 evaluations" in summary["validation_note"]
+    assert "evaluate_agent.py" in summary["validation_note"] and not any("beats" in k for k in summary)
+    assert summary["fastvar"]["episodes"] == cfg["eval_episodes"]
 
 
 def test_same_seed_same_learning_curve(trained, tmp_path):
@@ -127,23 +132,65 @@ def test_every_algorithm_trains_evaluates_and_plugs_in(algo, tmp_path):
 
 
 def test_evaluate_agent_compare_mode_on_a_run(trained, tmp_path, capsys):
+    """The whole scoreboard on a small grid ({0.5} x CFG kept/dropped + skip = 3^4 schedules): every method,
+    both FLOPs fractions, prompt-clustered statistics, the best static schedule with its evidence, the
+    oracle labelled as an upper bound, the frontier; a rerun takes the grid from the cache."""
     import evaluate_agent
 
     out = tmp_path / "ev"
-    assert evaluate_agent.main(["--run", str(trained), "--num-prompts", "3", "--seeds", "0", "--search-evals", "6",
-                                "--search-num-prompts", "2", "--grid-prompts", "2", "--out", str(out),
-                                "--json", str(tmp_path / "s.json")]) == 0
+    argv = ["--run", str(trained), "--num-prompts", "3", "--seeds", "0", "1", "--search-num-prompts", "2",
+            "--grid-ratios", "0.5", "--refine-rounds", "1", "--grid-prompts", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(out), "--json", str(tmp_path / "s.json")]
+    assert evaluate_agent.main(argv) == 0
     table = capsys.readouterr().out
-    for method in ("original", "fastvar", "tail", f"rl:{trained.name}", "best_static", "random"):
+    for method in ("original", "fastvar", "tail", f"rl:{trained.name}", "best_static", "best_static@fastvar", "random"):
         assert f"| {method} |" in table
+    assert "| oracle (upper bound) |" in table and "transformer FLOPs" in table and "total FLOPs" in table
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["num_images"] == 3 and f"rl:{trained.name} vs fastvar" in summary["paired"]
-    rl = summary["methods"][f"rl:{trained.name}"]["metrics"]["flops_fraction"]["mean"]
-    assert summary["methods"]["random"]["metrics"]["flops_fraction"]["mean"] == pytest.approx(rl, abs=0.03)
-    assert summary["static_search"][trained.name]["flops_fraction"] <= rl + 1e-9
+    assert summary["num_images"] == 6 and f"rl:{trained.name} vs fastvar" in summary["paired"]
+    methods = summary["methods"]
+    rl = methods[f"rl:{trained.name}"]["metrics"]
+    assert rl["ssim"]["n"] == 3 and rl["ssim"]["n_images"] == 6  # statistics over prompts
+    for m in methods.values():  # the decoder's fixed cost makes every total fraction larger than the transformer one
+        t, tot = m["metrics"]["flops_fraction"]["mean"], m["metrics"]["total_flops_fraction"]["mean"]
+        assert t <= tot <= 1.0 + 1e-9
+    assert methods["random"]["metrics"]["flops_fraction"]["mean"] == pytest.approx(rl["flops_fraction"]["mean"], abs=0.03)
+    best = summary["static_search"][f"rl:{trained.name}"]
+    assert best["total_fraction"] <= rl["total_flops_fraction"]["mean"] + 1e-9
+    assert best["grid_size"] == 3 ** 4 and best["grid_points_evaluated"] >= 1
+    assert best["val_quality"] >= best["best_grid_val_quality"]
+    assert methods["oracle"]["upper_bound"] and methods["oracle"]["kind"] == "oracle"
+    assert methods["best_static"]["metrics"]["total_flops_fraction"]["mean"] == pytest.approx(best["total_fraction"], rel=1e-9)
+    assert summary["static_frontier"] and all("test" in e for e in summary["static_frontier"])
+    fr = [e["total_fraction"] for e in summary["static_frontier"]]
+    assert fr == sorted(fr) and [e["val_quality"] for e in summary["static_frontier"]] == sorted(
+        e["val_quality"] for e in summary["static_frontier"])
     for f in ("table.md", "per_image.csv", "summary.json", "pareto.png", "grid.png"):
         assert (out / f).is_file(), f
+    # a rerun generates no static schedule: everything comes from the cache
+    assert evaluate_agent.main(argv) == 0
+    again = json.loads((tmp_path / "s.json").read_text())
+    assert again["grid"]["val_schedules_generated"] == 0 and again["grid"]["test_schedules_generated"] == 0
+    assert again["static_search"] == summary["static_search"]
     assert evaluate_agent.main(["--run", str(tmp_path / "nope")]) == 2
+
+
+def test_evaluate_agent_names_a_bad_prompt_and_duplicates(trained, tmp_path, capsys):
+    import evaluate_agent
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a large red solid circle in the centre on a plain gray background\n"
+                   "a large magenta solid circle in the centre on a plain gray background\n")
+    assert evaluate_agent.main(["--run", str(trained), "--prompts", str(bad), "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "prompt 2" in err and "'magenta'" in err
+    dup = tmp_path / "dup.txt"
+    dup.write_text("a large red solid circle in the centre on a plain gray background\n" * 2)
+    assert evaluate_agent.main(["--run", str(trained), "--prompts", str(dup), "--out", str(tmp_path / "ev")]) == 2
+    assert "duplicate prompts" in capsys.readouterr().err
+    assert evaluate_agent.main(["--run", str(trained), "--seeds", "0", "0"]) == 2
+    assert "duplicate seeds in --seeds 0 0: 0" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
 
 
 def test_bad_hyperparameters_fail_fast_without_leaving_a_run(tmp_path, capsys):
@@ -159,7 +206,7 @@ def test_evaluate_agent_compares_several_runs(trained, tmp_path, capsys):
     other = tmp_path / "other" / trained.name  # same folder name, different parent: labels must not clash
     shutil.copytree(trained, other)
     assert evaluate_agent.main(["--run", str(trained), "--run", str(other), "--num-prompts", "2", "--seeds", "0",
-                                "--search-evals", "0", "--out", str(tmp_path / "ev"), "--json", str(tmp_path / "s.json")]) == 0
+                                "--no-static-search", "--out", str(tmp_path / "ev"), "--json", str(tmp_path / "s.json")]) == 0
     methods = json.loads((tmp_path / "s.json").read_text())["methods"]
     rl = sorted(m for m in methods if m.startswith("rl:"))
     assert rl == sorted([f"rl:{trained.parent.name}/{trained.name}", f"rl:other/{trained.name}"])

@@ -1,0 +1,260 @@
+"""The compare mode's scoreboard: items and their checks, DomainEval through the independent judge,
+per-image records, prompt-clustered summaries and paired tests, and the static baselines (best static
+schedule per FLOPs target, the static Pareto frontier, the per-prompt oracle).
+
+Statistics: every CI and test is clustered by prompt — each prompt's seeds are averaged first, then a
+t interval / one-sample t test (and Wilcoxon signed-rank) runs over the prompt means
+(``evaluation.metrics.clustered_mean_ci`` / ``clustered_paired``). "n" in tables = prompts.
+
+FLOPs: ``flops_fraction`` is the TRANSFORMER fraction (what the env's reward and FastVAR's 0.347 count);
+``total_flops_fraction`` adds the VQ decoder and the text encoder (an image's whole compute). Claims
+about an image's cost use the total.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evaluation.metrics import check_unique, clustered_mean_ci, clustered_paired
+from generator.protocol import total_fraction_of_used
+
+DOMAIN_METRICS = ("domain_attribute", "domain_scene")  # the headline columns (DomainEval)
+
+
+# ---- items ------------------------------------------------------------------------------------------
+
+def check_items(prompts: list[str], seeds: list[int], source: str, grammar: bool) -> list[tuple[str, int]]:
+    """(prompt, seed) items, every prompt with every seed. Duplicate prompts or seeds are an error
+    naming them; with ``grammar`` (the procedural domain), a prompt outside the caption grammar is an
+    error naming its line and the first word outside it."""
+    check_unique(f"seeds in --seeds {' '.join(map(str, seeds))}", list(seeds))
+    check_unique(f"prompts in {source}", list(prompts))
+    if grammar:
+        from domain.grammar import parse_caption
+
+        for i, p in enumerate(prompts):
+            try:
+                parse_caption(p)
+            except ValueError as e:
+                raise ValueError(f"{source}, prompt {i + 1}: {e}") from None
+    return [(p, int(s)) for p in prompts for s in seeds]
+
+
+# ---- DomainEval -------------------------------------------------------------------------------------
+
+@dataclass
+class DomainEval:
+    """The independent judge (``evaluation.judge.DomainJudge``: its own architecture and weights, trained
+    on rendered scenes only, never on generated images, not the reward's CLIP) as a per-image scorer:
+    ``domain_attribute`` (fraction of the prompt's attributes that hold), ``domain_scene`` (1 if every
+    object and the background are right), ``domain_<attribute>`` breakdowns. ``judge`` None = unavailable
+    (``why`` says why); it is never used to select anything."""
+
+    judge: object | None
+    why: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, enabled: bool = True) -> "DomainEval":
+        if not enabled:
+            return cls(None, "not applicable (prompts outside the procedural domain)")
+        try:
+            from evaluation import judge as judge_mod
+        except ImportError as e:
+            return cls(None, f"unavailable: the judge module is not installed here ({e})")
+        try:
+            weights = path if path is not None else judge_mod.JUDGE_WEIGHTS
+            return cls(judge_mod.DomainJudge.load(weights, device="cpu"), "")
+        except FileNotFoundError as e:
+            if path is not None:  # an explicit path that does not work is an error, not a silent gap
+                raise
+            return cls(None, f"unavailable: {e}")
+
+    @property
+    def available(self) -> bool:
+        return self.judge is not None
+
+    @torch.no_grad()
+    def __call__(self, images_B3HW: torch.Tensor, prompts: list[str]) -> dict[str, np.ndarray]:
+        """Per image: domain_attribute, domain_scene and domain_<attribute> (NaN where a prompt names
+        no such attribute), as float64 arrays of length B."""
+        from generator.images import to_uint8
+
+        scores = []
+        for lo in range(0, images_B3HW.shape[0], 256):
+            scores += self.judge.score(to_uint8(images_B3HW[lo:lo + 256]), list(prompts[lo:lo + 256]))
+        if len(scores) != images_B3HW.shape[0]:
+            raise RuntimeError(f"the judge returned {len(scores)} scores for {images_B3HW.shape[0]} images")
+        out = {"domain_attribute": np.asarray([s.attribute_accuracy for s in scores], dtype=np.float64),
+               "domain_scene": np.asarray([s.scene_accuracy for s in scores], dtype=np.float64)}
+        for name in sorted({k for s in scores for k in s.per_attribute}):
+            out[f"domain_{name}"] = np.asarray([s.per_attribute.get(name, np.nan) for s in scores], dtype=np.float64)
+        return out
+
+
+class TestPassScorer:
+    """Per-image DomainEval scorer for the grid's test pass (``GridEvaluator`` scorer signature)."""
+
+    def __init__(self, domain: DomainEval, prompts: list[str]) -> None:
+        self.domain, self.prompts = domain, prompts
+
+    def __call__(self, images_B3HW: torch.Tensor, sl: slice) -> dict[str, np.ndarray]:
+        return self.domain(images_B3HW, self.prompts[sl])
+
+
+# ---- per-image records ------------------------------------------------------------------------------
+
+def state_record(generator, state, latency_s: float) -> dict:
+    """FLOPs (transformer and total) and decisions of one generated image."""
+    return {"ratios": [r.ratio for r in state.reports],
+            "dropped_cfg": [(not r.unconditional) and (not r.skipped) and bool(generator.uses_unconditional(r.scale_index))
+                            for r in state.reports],
+            "flops": state.flops_used, "flops_fraction": state.flops_used / generator.flops_full(),
+            "total_flops_fraction": total_fraction_of_used(generator, state.flops_used), "latency_ms": 1000 * latency_s}
+
+
+def reward_of(reward_config, quality: float, transformer_fraction: float, budget: float | None) -> float:
+    """The run's episode reward from its quality terms: FLOPs bonus + quality - budget penalty (the env's
+    formula; budget = the reward's fixed budget, or the episode budget of a budget-conditioned run)."""
+    c = reward_config
+    b = c.flops_budget if budget is None else budget
+    excess = 0.0 if b is None else max(0.0, transformer_fraction - b)
+    return c.flops_weight * (1.0 - transformer_fraction) + quality - c.budget_penalty * excess
+
+
+# ---- summaries --------------------------------------------------------------------------------------
+
+SUMMARY_METRICS = ("domain_attribute", "domain_scene", "flops_fraction", "total_flops_fraction", "flops", "latency_ms",
+                   "psnr", "ssim", "lpips", "clip_score", "image_reward", "hpsv2", "quality", "reward")
+HIGHER_IS_BETTER = {"domain_attribute": True, "domain_scene": True, "psnr": True, "ssim": True, "lpips": False,
+                    "clip_score": True, "image_reward": True, "hpsv2": True, "quality": True, "reward": True,
+                    "flops_fraction": False, "total_flops_fraction": False, "latency_ms": False}
+
+
+def summarize_rows(rows: list[dict], metrics: tuple[str, ...] = SUMMARY_METRICS) -> dict:
+    """Per metric: prompt-clustered mean, 95% CI half-width, n (prompts), n_images."""
+    prompts = [r["prompt"] for r in rows]
+    out = {}
+    for m in metrics:
+        vals = [r.get(m) for r in rows]
+        if any(v is not None for v in vals):
+            out[m] = clustered_mean_ci([None if v is None else float(v) for v in vals], prompts)
+    attrs = sorted({k for r in rows for k in r if k.startswith("domain_") and k not in DOMAIN_METRICS})
+    for k in attrs:
+        out[k] = clustered_mean_ci([r.get(k) for r in rows], prompts)
+    return out
+
+
+def paired_rows(a: list[dict], b: list[dict], metrics: tuple[str, ...]) -> dict:
+    """Prompt-clustered paired comparison a - b on the same items (wins = prompts where a is better)."""
+    if [(r["prompt"], r["seed"]) for r in a] != [(r["prompt"], r["seed"]) for r in b]:
+        raise ValueError("paired comparison needs the same items in the same order")
+    prompts = [r["prompt"] for r in a]
+    out = {}
+    for m in metrics:
+        x = [r.get(m) for r in a]
+        y = [r.get(m) for r in b]
+        if all(v is None for v in x) or all(v is None for v in y):
+            continue
+        sign = 1.0 if HIGHER_IS_BETTER.get(m, True) else -1.0
+        c = clustered_paired([None if v is None else sign * float(v) for v in x],
+                             [None if v is None else sign * float(v) for v in y], prompts)
+        c["mean_diff"] *= sign  # the raw difference; wins count prompts where a is better
+        out[m] = c
+    return out
+
+
+def finite_or_none(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+# ---- static baselines -------------------------------------------------------------------------------
+
+@dataclass
+class StaticBaselines:
+    """Best static schedule per total-FLOPs target (chosen on validation by QUALITY), the static Pareto
+    frontier (chosen on validation, evaluated on test) and the per-prompt oracle (chosen on the test
+    images themselves: an upper bound), all over one grid (``evaluation.static_search``).
+
+    targets: {label: total FLOPs fraction}; the grid is evaluated on validation up to the largest target
+    (schedules above it are never generated) and, for the oracle, on the test items up to it too.
+    """
+
+    search: dict            # label -> StaticSearchResult
+    frontier: list          # [(schedule, total fraction, val quality)] sorted by FLOPs
+    oracle: dict            # label -> {prompt: schedule}
+    test_results: dict      # schedule -> {metric: per-test-item array} (the test pass)
+    info: dict              # sizes and timings for the summary
+
+
+def build_static_baselines(generator, first: int, targets: dict[str, float], val_items: list[tuple[str, int]],
+                           test_items: list[tuple[str, int]], test_refs_B3HW: torch.Tensor, reward_fn,
+                           domain: DomainEval, skip_threshold: float, refine_rounds: int, oracle: bool,
+                           cache_dir: Path | None, grid_ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75),
+                           batch_size: int = 100, log=print) -> StaticBaselines:
+    import time
+
+    from evaluation.static_search import (
+        FlopsTable, GridCache, GridEvaluator, QualityScorer, grid_schedules, guided_scales, pareto_frontier,
+        per_prompt_oracle, search_best_static,
+    )
+
+    t0 = time.time()
+    flops = FlopsTable(generator)
+    grid = grid_schedules(generator, first, ratios=grid_ratios)
+    top = max(targets.values())
+    fits = [s for s in grid if flops.total(s) <= top + 1e-12]
+    log(f"static grid: {len(grid)} schedules on scales {first}..{generator.num_scales - 1} "
+        f"({{{', '.join(f'{r:g}' for r in grid_ratios)}}} x CFG kept/dropped + skip); {len(fits)} within the largest target "
+        f"({top:.3f} of the total FLOPs) are evaluated, the others never generated")
+
+    with torch.no_grad():
+        refs_val = torch.cat([generator.generate([p for p, _ in val_items[i:i + batch_size]],
+                                                 [s for _, s in val_items[i:i + batch_size]])[0]
+                              for i in range(0, len(val_items), batch_size)])
+    val_scorer = QualityScorer(reward_fn, refs_val, [p for p, _ in val_items])
+    val_eval = GridEvaluator(generator, val_items, [val_scorer], batch_size=batch_size,
+                             cache=GridCache(cache_dir, generator.fingerprint(), val_items, val_scorer.identity()))
+    val_q = dict(zip(fits, val_eval.mean_quality(fits)))
+    searches = {}
+    guided = guided_scales(generator)
+    for label, target in targets.items():
+        searches[label] = search_best_static(grid, flops.total, val_eval.mean_quality, target, first, guided,
+                                             max_ratio=skip_threshold, refine_rounds=refine_rounds,
+                                             transformer_fraction=flops.transformer, known=val_q)
+    t_val = time.time() - t0
+    pts = [(s, flops.total(s), q) for s, q in val_q.items()]
+    pts += [(r.schedule, r.total_fraction, r.quality) for r in searches.values()]
+    frontier = pareto_frontier(list({p[0]: p for p in pts}.values()))
+
+    test_prompts = [p for p, _ in test_items]
+    scorers = [QualityScorer(reward_fn, test_refs_B3HW, test_prompts)]
+    scorer_id = scorers[0].identity()
+    if domain.available:
+        scorers.append(TestPassScorer(domain, test_prompts))
+        scorer_id = {**scorer_id, "domain": True}
+    test_eval = GridEvaluator(generator, test_items, scorers, batch_size=batch_size,
+                              cache=GridCache(cache_dir, generator.fingerprint(), test_items, scorer_id))
+    t1 = time.time()
+    wanted = [f[0] for f in frontier] + [r.schedule for r in searches.values()]
+    if oracle:
+        wanted = fits + wanted
+    test_results = test_eval.evaluate(wanted, label="static schedules on the test items")
+    oracles = {}
+    if oracle:
+        q = {s: test_results[s]["quality"] for s in fits}
+        for label, target in targets.items():
+            oracles[label] = per_prompt_oracle(q, test_items, fits=lambda s, t=target: flops.total(s) <= t + 1e-12)
+    info = {"grid_ratios": list(grid_ratios), "grid_size": len(grid), "grid_fitting_largest_target": len(fits), "largest_target_total_fraction": top,
+            "val_items": len(val_items), "val_schedules_generated": val_eval.generated, "val_seconds": round(t_val, 1),
+            "test_schedules": len(set(wanted)), "test_schedules_generated": test_eval.generated,
+            "test_seconds": round(time.time() - t1, 1),
+            "cache": None if cache_dir is None else str(cache_dir)}
+    return StaticBaselines(searches, frontier, oracles, test_results, info)
+
+
+QUALITY_METRICS = ("ssim", "psnr", "clip_score", "lpips", "quality")  # what the grid's QualityScorer records

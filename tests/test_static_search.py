@@ -1,0 +1,136 @@
+"""The best static schedule: grid + FLOPs filter + refinement, prefix-shared generation, the quality
+objective, the cache, the frontier and the per-prompt oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from embedded.loaders import random_generator
+from evaluation.static_search import (
+    FlopsTable, GridCache, GridEvaluator, QualityScorer, grid_schedules, guided_scales, neighbours, pareto_frontier,
+    per_prompt_oracle, run_prefix_tree, schedule_fractions, search_best_static,
+)
+from generator.schedules import StaticSchedule
+
+PROMPTS = ["a large red solid circle in the centre on a plain gray background",
+           "a small blue dotted star at the top left on a plain white background"]
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return random_generator(0)
+
+
+def test_grid_has_every_lever(gen):
+    grid = grid_schedules(gen, first=3)
+    assert len(grid) == 9 ** 4 and len(set(grid)) == len(grid)  # {0,.25,.5,.75} x CFG kept/dropped + skip
+    assert all(s.ratios[:3] == (0.0, 0.0, 0.0) and not any(s.drop_uncond[:3]) for s in grid)
+    assert StaticSchedule((0, 0, 0, 0, 0, 1, 1), (False,) * 4 + (True, False, False)) in grid
+    assert len(grid_schedules(gen, first=3, allow_drop=False)) == 5 ** 4
+    flops = FlopsTable(gen)
+    for s in grid[::997]:
+        assert flops(s) == pytest.approx(schedule_fractions(gen, s), rel=1e-12)
+
+
+def test_grid_search_finds_the_known_optimum_under_the_real_flops_filter(gen):
+    """Objective: minus the distance to a target schedule S* (ratios, and 0.5 per wrong CFG flag) that
+    is off the grid (0.7 on one scale) and costs exactly the FLOPs target, plus a large bonus for an
+    expensive schedule above the target. The search must skip the expensive one without evaluating it,
+    find the nearest grid point that fits (0.75: 0.5 costs more than S*), then reach S* exactly by a
+    -0.05 refinement step."""
+    first, guided = 3, guided_scales(gen)
+    star = StaticSchedule((0, 0, 0, 0.0, 0.7, 1.0, 1.0), (False, False, False, False, True, False, False))
+    expensive = StaticSchedule((0,) * 7, (False,) * 7)
+    flops = FlopsTable(gen)
+    total = flops.total
+    target = total(star)
+    assert total(expensive) > target
+
+    def objective(s: StaticSchedule) -> float:
+        dist = sum(abs(a - b) for a, b in zip(s.ratios, star.ratios)) + 0.5 * sum(a != b for a, b in zip(s.drop_uncond, star.drop_uncond))
+        return -dist + (100.0 if s == expensive else 0.0)
+
+    asked: list[StaticSchedule] = []
+
+    def mean_quality(schedules):
+        asked.extend(schedules)
+        return np.asarray([objective(s) for s in schedules])
+
+    grid = grid_schedules(gen, first)
+    res = search_best_static(grid, total, mean_quality, target, first, guided, max_ratio=0.9,
+                             transformer_fraction=flops.transformer)
+    assert all(total(s) <= target for s in asked)  # nothing over the target was ever evaluated
+    fits = [s for s in grid if total(s) <= target]
+    assert res.grid_points_evaluated == len(fits) and set(fits) <= set(asked)
+    near = StaticSchedule((0, 0, 0, 0.0, 0.75, 1.0, 1.0), star.drop_uncond)
+    assert res.best_grid_schedule == near and res.best_grid_quality == pytest.approx(-0.05)
+    assert res.schedule == star and res.quality == pytest.approx(0.0, abs=1e-12)
+    assert res.quality >= max(objective(s) for s in fits)
+    assert res.total_fraction <= target and res.transformer_fraction == schedule_fractions(gen, star)[0]
+    assert res.transformer_fraction < res.total_fraction
+
+
+def test_neighbours_move_ratios_skip_and_flags():
+    s = StaticSchedule((0, 0, 0, 0.75, 1.0, 0.0, 0.5), (False, False, False, False, False, True, False))
+    nb = neighbours(s, 3, [True] * 7, max_ratio=0.9)
+    rat = {(n.ratios, n.drop_uncond) for n in nb}
+    d = s.drop_uncond
+    assert ((0, 0, 0, 0.8, 1.0, 0.0, 0.5), d) in rat and ((0, 0, 0, 0.875, 1.0, 0.0, 0.5), d) in rat
+    assert ((0, 0, 0, 0.75, 0.875, 0.0, 0.5), d) in rat and not any(n.ratios[4] == 0.95 for n in nb)  # 0.95 = a skip
+    assert ((0, 0, 0, 0.75, 1.0, 0.0, 0.5), (False,) * 7) in rat       # CFG flag flipped back on
+    assert all(n.ratios[5] >= 0 for n in nb) and s not in nb
+    assert not any(n.drop_uncond[4] for n in nb)                       # a skipped scale has no flag
+    # ratios reaching the skip threshold become a skip
+    nb2 = neighbours(StaticSchedule((0, 0, 0, 0, 0, 0, 0.85)), 6, [True] * 7, max_ratio=0.9)
+    assert StaticSchedule((0, 0, 0, 0, 0, 0, 1.0)) in nb2
+
+
+def test_prefix_tree_images_equal_plain_generation(gen):
+    items = [(PROMPTS[0], 0), (PROMPTS[1], 0), (PROMPTS[0], 3)]
+    scheds = [StaticSchedule((0, 0, 0, 0.4, 0.5, 1, 1)),
+              StaticSchedule((0, 0, 0, 0.4, 0.5, 0.25, 1), (False,) * 5 + (True, False)),
+              StaticSchedule((0, 0, 0, 0.0, 1.0, 0.0, 0.75), (False,) * 3 + (True, False, False, True))]
+    got: dict = {}
+    run_prefix_tree(gen, items, scheds, lambda s, sl, img: got.setdefault(s, []).append((sl, img)), batch_size=2)
+    for s in scheds:
+        assert [sl for sl, _ in got[s]] == [slice(0, 2), slice(2, 3)]
+        for sl, img in got[s]:
+            chunk = items[sl]
+            ref, _ = gen.generate([p for p, _ in chunk], [x for _, x in chunk], schedule=s)
+            assert torch.equal(img, ref)
+
+
+def test_quality_scorer_is_the_rewards_quality_term_and_is_cached(gen, tmp_path):
+    from rewards import ClipScorer, RewardConfig, RewardFunction
+
+    rfn = RewardFunction(RewardConfig.embedded(psnr_weight=0.3), clip=ClipScorer.embedded())
+    items = [(PROMPTS[0], 0), (PROMPTS[1], 1)]
+    refs, _ = gen.generate([p for p, _ in items], [s for _, s in items])
+    scorer = QualityScorer(rfn, refs, [p for p, _ in items])
+    sched = StaticSchedule((0, 0, 0, 0.4, 0.5, 1, 1), (False,) * 4 + (True, False, False))
+    cache = GridCache(tmp_path, gen.fingerprint(), items, scorer.identity())
+    ev = GridEvaluator(gen, items, [scorer], cache=cache)
+    res = ev.evaluate([sched])[sched]
+    imgs, state = gen.generate([p for p, _ in items], [s for _, s in items], schedule=sched)
+    for i, (p, _) in enumerate(items):
+        _, terms = rfn.terminal(imgs[i:i + 1], refs[i:i + 1], p, used_fraction=0.9)
+        assert res["quality"][i] == pytest.approx(terms["quality_reward"], abs=1e-9)  # no FLOPs / budget terms
+        assert res["ssim"][i] == pytest.approx(terms["ssim"], abs=1e-9)
+    assert ev.generated == 1
+    again = GridEvaluator(gen, items, [scorer], cache=GridCache(tmp_path, gen.fingerprint(), items, scorer.identity()))
+    res2 = again.evaluate([sched])[sched]
+    assert again.generated == 0 and np.array_equal(res2["quality"], res["quality"])  # a rerun generates nothing
+    other = GridCache(tmp_path, gen.fingerprint(), items[:1], scorer.identity())
+    assert other.get(sched) is None  # other items: another cache entry
+
+
+def test_frontier_and_oracle_on_constructed_numbers():
+    s = [StaticSchedule((0, 0, 0, r, 1, 1, 1)) for r in (0.0, 0.25, 0.5, 0.75)]
+    pts = [(s[0], 0.50, 0.9), (s[1], 0.45, 0.95), (s[2], 0.40, 0.7), (s[3], 0.42, 0.6)]
+    assert [p[0] for p in pareto_frontier(pts)] == [s[2], s[1]]  # s[3] costs more than s[2] and is worse; s[0] too
+    items = [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    q = {s[0]: np.array([0.1, 0.1, 0.9, 0.9]), s[1]: np.array([0.5, 0.6, 0.2, 0.2]), s[2]: np.array([1.0, 1.0, 1.0, 1.0])}
+    oracle = per_prompt_oracle(q, items, fits=lambda x: x != s[2])
+    assert oracle == {"a": s[1], "b": s[0]}
