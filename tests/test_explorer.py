@@ -49,6 +49,11 @@ def test_each_schedule_is_what_generate_makes_with_its_exact_flops(explorer, com
         assert o.latency_ms > 0
     fastvar = comparison.outcomes[1]
     assert fastvar.flops_fraction == pytest.approx(0.347, abs=0.001)  # the README's figure
+    from generator.protocol import total_flops_fraction
+
+    for o in comparison.outcomes:  # the whole image's compute, VQ decoder included: more than the transformer's share
+        assert o.total_fraction == pytest.approx(total_flops_fraction(g, o.ratios), rel=1e-12)
+        assert o.total_fraction >= o.flops_fraction
 
 
 def _ratios_schedule(ratios):
@@ -77,7 +82,7 @@ def test_metrics_are_vs_original(explorer, comparison):
         assert o.ssim < 1.0 and math.isfinite(o.psnr)
         assert o.clip_delta == pytest.approx(o.clip_score - orig.clip_score)
     table = comparison.table_markdown()
-    assert "| FastVAR | 0.347 |" in table and "FLOPs frac" in table
+    assert f"| FastVAR | 0.347 | {comparison.outcomes[1].total_fraction:.3f} |" in table and "FLOPs frac" in table
     assert "**FLOPs**" in comparison.outcomes[1].metrics_markdown()
 
 
