@@ -55,7 +55,7 @@ from generator.weights_io import WeightsError, load_module, read_metadata
 
 JUDGE_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "judge.safetensors"
 ATTRIBUTES = ("position", "shape", "colour", "texture", "size", "background")
-_HOW = "Reproduce it with `python scripts/train_judge.py` (about 20 min on a 2-core CPU)."
+_HOW = "Reproduce it with `python scripts/train_judge.py` (its docstring has the shipped recipe: 25 min on a shared 2-core CPU)."
 
 CELLS: tuple[str, ...] = tuple(POSITIONS)  # the 3x3 grid, row-major from the top left
 #: the object heads: name -> class names (index = class id)
