@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -164,21 +165,19 @@ def page_theme():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("gradio") is None:
         print("error: the explorer page needs gradio: pip install -e \".[app]\"", file=sys.stderr)
         return 2
-    from evaluation.explorer import Explorer, agent_form_state, expected_errors
+    from evaluation.explorer import Explorer, expected_errors
 
     try:
         if not 1 <= args.port <= 65535:
             raise ValueError(f"--port must be in 1..65535, got {args.port}")
+        if args.run is not None:  # a run that cannot be read is the same error generate.py --agent gives
+            Explorer.agent_info(args.run)
         explorer = Explorer.build(args, args.clip_model, args.clip_pretrained, judge=not args.no_judge,
                                   latency_repeats=args.latency_repeats)
         run = latest_run() if args.run is None else args.run
-        if args.run is not None and agent_form_state(args.run)[0].startswith("error: "):
-            raise ValueError(agent_form_state(args.run)[0][len("error: "):])
     except expected_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

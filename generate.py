@@ -213,6 +213,16 @@ def run_one(generator, schedule, prompt: str, seed: int, writer: IntermediateWri
     return image, state, time.perf_counter() - t0
 
 
+def run_batch(generator, schedule, prompts: list[str], seeds: list[int]):
+    """Generate a batch together (a trained agent decides per image, one policy call per scale);
+    returns (images (B, 3, H, W), state, latency_s of the whole batch)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        state = run_schedule(generator, generator.start(prompts, seeds), schedule)
+        images = generator.decode(state)
+    return images, state, time.perf_counter() - t0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
@@ -229,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "inside the run's trained range); every image stays within it")
     ap.add_argument("--seed", type=int, default=0, help="image seed of the first image of each prompt")
     ap.add_argument("--images-per-prompt", type=int, default=1, help="seeds seed, seed+1, ... -> 1.jpg, 2.jpg, ...")
+    ap.add_argument("--batch-size", type=int, default=1,
+                    help="images generated together (an --agent decides per image, one policy call per scale for "
+                         "the batch); latency_s is then the batch's time divided by its size")
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--save-intermediate", action="store_true", help="per-scale summed_codes/ and rescale_codes/ PNGs")
     ap.add_argument("--dft", action="store_true", help="per-scale Fourier spectra (fourier_pixel_*/, fourier_latent_*/)")
@@ -245,7 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.images_per_prompt < 1:
             raise ValueError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.batch_size > 1 and (args.save_intermediate or args.dft):
+            raise ValueError("--save-intermediate / --dft write each image's scales as it is made: use --batch-size 1")
         geneval = geneval_prompt_set(args.prompts, args.num_prompts, bool(args.prompt), args.save_intermediate or args.dft)
+        if geneval is not None and args.batch_size > 1:
+            raise ValueError("--batch-size applies to the gen_images_<name>/ layout; the GenEval layout is written "
+                             "one image at a time (use --batch-size 1)")
         prompts = collect_prompts(args) if geneval is None else {}
         cfg_default = None
         if args.agent is not None:
@@ -302,29 +322,39 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
-    for name, prompt in prompts.items():
-        folder = out / f"gen_images_{name}"
-        records = []
-        for j in range(args.images_per_prompt):
-            seed = args.seed + j
-            writer = IntermediateWriter(generator, folder, args.save_intermediate, args.dft, j + 1) \
+    items = [(name, prompt, j) for name, prompt in prompts.items() for j in range(args.images_per_prompt)]
+    records: dict[str, list] = {name: [None] * args.images_per_prompt for name in prompts}
+    for start in range(0, len(items), args.batch_size):
+        chunk = items[start:start + args.batch_size]
+        if len(chunk) == 1:  # batch 1: the per-scale intermediates can be written as the image is made
+            name, prompt, j = chunk[0]
+            writer = IntermediateWriter(generator, out / f"gen_images_{name}", args.save_intermediate, args.dft, j + 1) \
                 if (args.save_intermediate or args.dft) else None
             if hasattr(schedule, "bind"):
                 schedule.bind(None)
-            image, state, latency = run_one(generator, schedule, prompt, seed, writer)
-            save_image(image, folder / f"{j + 1}.jpg")
-            ratios = [r.ratio for r in state.reports]
-            records.append({
-                "file": f"{j + 1}.jpg", "seed": seed, "ratios": ratios,
+            image, state, latency = run_one(generator, schedule, prompt, args.seed + j, writer)
+            images, latencies = image[None], [latency]
+        else:
+            images, state, latency = run_batch(generator, schedule, [p for _, p, _ in chunk],
+                                               [args.seed + j for _, _, j in chunk])
+            latencies = [latency / len(chunk)] * len(chunk)
+        flops = state.flops_used_per_image
+        for b, (name, prompt, j) in enumerate(chunk):
+            save_image(images[b], out / f"gen_images_{name}" / f"{j + 1}.jpg")
+            reports = state.image_reports(b)
+            ratios = [r.ratio for r in reports]
+            records[name][j] = {
+                "file": f"{j + 1}.jpg", "seed": args.seed + j, "ratios": ratios,
                 "pruning_scales": ",".join(f"{w}:{r:g}" for w, r in zip(widths, ratios) if r > 0),
-                "scales": [{"scale": r.scale_index, **r.to_dict()} for r in state.reports], "flops_total": state.flops_used,
-                "flops_fraction": state.flops_used / flops_full, "latency_s": latency})
-            print(f"{name} #{j + 1}: {state.flops_used / flops_full:.3f} of full FLOPs, {latency * 1000:.1f} ms, "
-                  f"ratios {[round(r, 3) for r in ratios]}")
-        config = {"name": name, "prompt": prompt, **run_info, "images": records}
-        atomic_write_json(folder / "config.json", config)
-        config_all[name] = config
-        atomic_write_json(all_path, config_all)  # after each prompt: an interrupted run keeps what it wrote
+                "scales": [{"scale": r.scale_index, **r.to_dict()} for r in reports], "flops_total": flops[b],
+                "flops_fraction": flops[b] / flops_full, "latency_s": latencies[b], "batch_size": len(chunk)}
+            print(f"{name} #{j + 1}: {flops[b] / flops_full:.3f} of full FLOPs, {latencies[b] * 1000:.1f} ms"
+                  f"{' (batch share)' if len(chunk) > 1 else ''}, ratios {[round(r, 3) for r in ratios]}")
+            if all(r is not None for r in records[name]):  # the prompt's last image: write its config
+                config = {"name": name, "prompt": prompt, **run_info, "images": records[name]}
+                atomic_write_json(out / f"gen_images_{name}" / "config.json", config)
+                config_all[name] = config
+                atomic_write_json(all_path, config_all)  # after each prompt: an interrupted run keeps what it wrote
     print(f"wrote {len(prompts)} prompt folder(s) under {out}/ and {all_path}")
     return 0
 

@@ -88,7 +88,14 @@ def check_same_generator(cfg: dict, generator, run: Path) -> None:
 
 
 class AgentSchedule:
-    """Queries a trained SB3 policy (deterministically) for each controllable scale's ratio."""
+    """Queries a trained SB3 policy (deterministically) for each controllable scale's ratio.
+
+    On a batch it decides per image, with one policy call per scale for the whole batch: ``ratio``
+    and ``drop_unconditional`` then return one value per image (a list), which
+    ``generator.schedules.run_schedule`` passes to ``generator.step``. On a one-image state they
+    return a float / bool, as the fixed schedules do. Each image's decision is the one it gets
+    generated alone (its observation is its own: ``ObservationBuilder.observe_batch``).
+    """
 
     name = "rl"
 
@@ -99,38 +106,50 @@ class AgentSchedule:
         self._bound = None
         self._last = (None, None)
 
-    def _decide(self, state) -> tuple[float, bool]:
+    def decide(self, state) -> tuple[list[float], list[bool]]:
+        """Per image of ``state``: (ratios, drop-unconditional flags) for the scale it is about to run."""
         key = (id(state), state.scale_index, len(state.reports))
         if self._last[0] == key:
             return self._last[1]
-        obs = self.observer.observe(state, self.budget)
+        obs = self.observer.observe_batch(state, self.budget)
         if self.normalizer is not None:
             obs = self.normalizer(obs)
-        action, _ = self.model.predict(obs, deterministic=True)
-        decision = self.actions.to_ratio(action)
-        if self.guard is not None:
-            d = self.guard.decide(state, decision[0], decision[1], self.budget)
-            decision = (d.ratio, d.drop_unconditional)
+        actions, _ = self.model.predict(obs, deterministic=True)
+        decisions = [self.actions.to_ratio(a) for a in actions]
+        if self.guard is not None:  # each image kept within the budget on its own spend so far
+            decisions = [(d.ratio, d.drop_unconditional) for d in
+                         (self.guard.decide(state, r, drop, self.budget, image=b) for b, (r, drop) in enumerate(decisions))]
+        decision = ([r for r, _ in decisions], [d for _, d in decisions])
         self._last = (key, decision)
         return decision
 
-    def ratio(self, scale_index: int, num_scales: int, state=None) -> float:
+    def _check(self, scale_index: int, num_scales: int, state) -> bool:
+        """True if the agent decides this scale (False: an uncontrolled scale that runs unpruned)."""
         if num_scales != self.layout["num_scales"]:
             raise RunError(f"agent was trained for {self.layout['num_scales']} scales, asked about {num_scales}")
         if not 0 <= scale_index < num_scales:
             raise IndexError(f"scale index {scale_index} is outside 0..{num_scales - 1}")
         if scale_index < self.layout["first_controllable_scale"]:
-            return 0.0
+            return False
         if state is None:
             raise ValueError("the agent observes the generation: pass the state (or bind(state) first)")
         if state.scale_index != scale_index:
             raise ValueError(f"state is at scale {state.scale_index}, asked about scale {scale_index}")
-        return self._decide(state)[0]
+        return True
 
-    def drop_unconditional(self, scale_index: int, num_scales: int, state=None) -> bool:
-        if scale_index < self.layout["first_controllable_scale"] or state is None:
+    def ratio(self, scale_index: int, num_scales: int, state=None) -> float | list[float]:
+        """The ratio for this scale: a float for a one-image state, one per image for a batch."""
+        if not self._check(scale_index, num_scales, state):
+            return 0.0
+        ratios = self.decide(state)[0]
+        return ratios[0] if state.batch == 1 else ratios
+
+    def drop_unconditional(self, scale_index: int, num_scales: int, state=None) -> bool | list[bool]:
+        if state is None or scale_index < self.layout["first_controllable_scale"]:
             return False
-        return self._decide(state)[1]
+        self._check(scale_index, num_scales, state)
+        drops = self.decide(state)[1]
+        return drops[0] if state.batch == 1 else drops
 
     def describe(self, widths) -> str:
         budget = "" if self.budget is None else f"@{self.budget:g}"
@@ -141,8 +160,9 @@ class AgentSchedule:
         self._bound = state
         return self
 
-    def get_pruning_ratio(self, scale: int, num_scales: int) -> float:
-        """Drop-in for the seed's ``get_pruning_ratio``: needs ``bind(state)`` of the live generation."""
+    def get_pruning_ratio(self, scale: int, num_scales: int) -> float | list[float]:
+        """Drop-in for the seed's ``get_pruning_ratio``: needs ``bind(state)`` of the live generation
+        (one ratio per image when that generation is a batch)."""
         if self._bound is None:
             raise RuntimeError("call bind(state) with the current generation state before get_pruning_ratio")
         return self.ratio(scale, num_scales, self._bound)

@@ -26,8 +26,9 @@ from embedded.text import tokenize
 from embedded.tokenizer import MultiScaleVQTokenizer, next_scale_input
 from embedded.transformer import BranchContext, NextScaleTransformer
 from generator.guidance import GuidanceFn, ScalarGuidance
-from generator.protocol import StateProgress, StepReport, check_prompts_and_seeds, scale_seed, validate_ratio
-from generator.pruning import PruningPlan, tokens_kept
+from generator.protocol import (BatchStepReport, MixedBatchError, StateProgress, StepReport, check_prompts_and_seeds, combine_reports,
+                                per_image_decisions, scale_seed, validate_ratio)
+from generator.pruning import PruningPlan, area_resample, row_token_counts
 
 __all__ = ["GenerationState", "NextScaleGenerator", "StateProgress", "StepReport", "check_prompts_and_seeds",
            "scale_seed", "validate_ratio"]
@@ -38,8 +39,11 @@ class GenerationState(StateProgress):
     """Everything one batch generation carries between scales. Owned by the caller.
 
     scale_index: the next scale to run (== num_scales when finished). f_hat_BChw: accumulated
-    codes at latent resolution. codes: per-scale index maps (None for skipped / not yet run).
-    last_entropy_B: mean entropy (nats) of the last sampled scale's guided token distributions.
+    codes at latent resolution. codes: per-scale index maps (B, p, p) (None for skipped / not yet
+    run; a list of per-image (p, p) maps or None when only some images ran that scale: ``codes[k][b]``
+    reads image b either way). last_entropy_B: mean entropy (nats) of each image's last sampled
+    scale's guided token distributions (NaN for an image that has sampled none yet in a mixed batch).
+    reports: per scale, a StepReport, or a BatchStepReport when the images did different things.
     """
 
     prompts: list[str]
@@ -49,9 +53,9 @@ class GenerationState(StateProgress):
     cond: BranchContext
     uncond: BranchContext
     scale_index: int = 0
-    codes: list[torch.Tensor | None] = field(default_factory=list)
+    codes: list = field(default_factory=list)
     last_entropy_B: torch.Tensor | None = None
-    reports: list[StepReport] = field(default_factory=list)
+    reports: list = field(default_factory=list)
     flops_prefill: float = 0.0
 
     def copy(self) -> "GenerationState":
@@ -63,14 +67,26 @@ class GenerationState(StateProgress):
 
 
 
+ROW_BATCHING = ("pad", "group")
+
+
 class NextScaleGenerator:
-    """The embedded next-scale generator behind the step-wise API used by the env and scripts."""
+    """The embedded next-scale generator behind the step-wise API used by the env and scripts.
+
+    row_batching: how a step with per-image ratios runs the images that keep different numbers of
+    tokens: "pad" (default; one forward, kept tokens padded to the largest count, padded keys masked)
+    or "group" (one forward per kept count). Both give the same images (tests/test_batched_steps.py);
+    ``benchmarks/bench_batched.py`` measures which is faster.
+    """
 
     backend = "tiny"
 
     def __init__(self, tokenizer: MultiScaleVQTokenizer, transformer: NextScaleTransformer,
                  guidance: GuidanceFn | None = None, sampling: SamplingConfig | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", row_batching: str = "pad") -> None:
+        if row_batching not in ROW_BATCHING:
+            raise ValueError(f"row_batching must be one of {ROW_BATCHING}, got {row_batching!r}")
+        self.row_batching = row_batching
         if tuple(tokenizer.cfg.scales) != tuple(transformer.cfg.scales):
             raise ValueError(f"tokenizer scales {tokenizer.cfg.scales} != transformer scales {transformer.cfg.scales}")
         self.tokenizer = tokenizer.eval().to(device)
@@ -162,70 +178,170 @@ class NextScaleGenerator:
         return self._uncond_cache[batch].copy()
 
     @torch.no_grad()
-    def step(self, state: GenerationState, ratio: float, drop_unconditional: bool = False) -> StepReport:
-        """Run scale ``state.scale_index`` with pruning ratio ``ratio``; advances the state.
+    def step(self, state: GenerationState, ratio, drop_unconditional=False) -> StepReport | BatchStepReport:
+        """Run scale ``state.scale_index``; advances the state.
 
-        drop_unconditional: skip the unconditional guidance branch at this scale (its logits are
-        then the conditional ones), halving the scale's compute.
+        ratio: one pruning ratio for every image, or one per image (``0 <= r < 1`` prunes a fraction
+        r of the tokens, ``r >= 1`` skips the scale). drop_unconditional: skip the unconditional
+        guidance branch at this scale (its logits are then the conditional ones), halving the scale's
+        compute; a bool, or one per image. Images that decided differently run in one forward pass
+        (kept tokens padded to the largest count, padded keys masked); an image that skips gets no
+        codes and no KV entries. Returns one StepReport if every image did the same, else a
+        BatchStepReport with one per image (FLOPs per image, as if generated alone).
         """
         if state.finished:
             raise IndexError(f"all {state.num_scales} scales are already generated; start a new generation")
-        r = validate_ratio(ratio)
+        B = state.batch
+        ratios, drops = per_image_decisions(ratio, drop_unconditional, B)
         k, n = state.scale_index, state.num_scales
         side = self.scale_sides[k]
         L = side * side
-        use_uncond = self.guidance.needs_unconditional(k, n) and not drop_unconditional
-        if r >= 1.0:
-            return state.record_skip(side, side, r)
+        counts = row_token_counts(L, ratios)
+        cond_rows = [b for b in range(B) if counts[b] > 0]
+        if not cond_rows:
+            return state.record_skip(side, side, ratios)
+        needs_uncond = self.guidance.needs_unconditional(k, n)
+        uses_uncond = [counts[b] > 0 and needs_uncond and not drops[b] for b in range(B)]
+        uncond_rows = [b for b in range(B) if uses_uncond[b]]
 
-        n_keep = tokens_kept(L, r)
-        n_keep = None if n_keep >= L else n_keep
-        branches = [state.cond, state.uncond] if use_uncond else [state.cond]
-        flops = step_flops(self.transformer.cfg, self.tokenizer.cfg, k, n_keep, [list(b.kv_lengths()) for b in branches])
+        # per-image FLOPs: what each image costs alone (its own kept count and KV lengths)
+        cfg, tok = self.transformer.cfg, self.tokenizer.cfg
+        kv_c = state.cond.kv_lengths_rows()
+        kv_u = state.uncond.kv_lengths_rows() if uncond_rows else None
+        reports = []
+        for b in range(B):
+            if counts[b] == 0:
+                reports.append(StepReport(k, side, side, L, ratios[b], 0, True, False, 0.0))
+                continue
+            n_keep = None if counts[b] >= L else counts[b]
+            lens = [list(kv_c[b])] + ([list(kv_u[b])] if uses_uncond[b] else [])
+            reports.append(StepReport(k, side, side, L, ratios[b], counts[b], False, uses_uncond[b],
+                                      step_flops(cfg, tok, k, n_keep, lens)))
 
         tr = self.transformer
         f_in = next_scale_input(state.f_hat_BChw, side) if k > 0 else None
         x_shared = tr.embed_scale_input(k, f_in, state.cond.sos_B1D) if k > 0 else None
 
-        def run(ctx: BranchContext) -> tuple[torch.Tensor, BranchContext]:
-            x = x_shared if x_shared is not None else tr.embed_scale_input(0, None, ctx.sos_B1D)
-            if x.shape[0] != ctx.batch:
-                x = x.repeat(ctx.batch // x.shape[0], 1, 1)
-            plan = PruningPlan(side=side, n_keep=n_keep, cache=ctx.prune_cache, cached_side=ctx.prune_cache_side,
-                               record=n_keep is None)
-            if n_keep is not None and ctx.prune_cache_side is None:
-                # no earlier unpruned scale ran on this branch: pruned slots get a zero update
-                plan.cache = _zero_cache(tr, ctx.batch, x.device)
-                plan.cached_side = 1
-            logits, new_kv = tr.forward_scale(x, ctx, plan)
+        def run(ctx: BranchContext, rows: list[int]):
+            """Forward the listed images (rows of the original batch) on a (possibly stacked) context."""
+            if x_shared is None:
+                x = tr.embed_scale_input(0, None, ctx.sos_B1D)
+            elif rows == list(range(B)) * (ctx.batch // B):
+                x = x_shared if ctx.batch == B else x_shared.repeat(ctx.batch // B, 1, 1)
+            else:
+                x = x_shared.index_select(0, torch.tensor(rows, device=x_shared.device))
+            row_counts = [counts[b] for b in rows]
+            unpruned = [c >= L for c in row_counts]
+            plan = PruningPlan(side=side, counts=None if all(unpruned) else row_counts, record=any(unpruned))
+            if plan.prunes:
+                cache = ctx.prune
+                plan.source = lambda key: cache.resampled(key, (side, side), tr.cfg.width, x.dtype, x.device,
+                                                          _resample_square)
+            logits, new_kv, new_masks = tr.forward_scale(x, ctx, plan)
             out = ctx.copy()
-            out.kv = new_kv
-            if plan.record:
-                out.prune_cache, out.prune_cache_side = plan.recorded, side
+            out.kv, out.kv_mask = new_kv, new_masks
+            recorded_rows = [j for j, u in enumerate(unpruned) if u]
+            if recorded_rows:
+                rec = plan.recorded
+                if len(recorded_rows) < len(rows):
+                    t = torch.tensor(recorded_rows, device=x.device)
+                    rec = {key: v.index_select(0, t) for key, v in rec.items()}
+                out.prune = ctx.prune.updated(recorded_rows, rec, (side, side))
             return logits, out
 
-        B = state.batch
-        if (use_uncond and state.cond.kv_lengths() == state.uncond.kv_lengths()
-                and state.cond.prune_cache_side == state.uncond.prune_cache_side):
-            logits, both = run(BranchContext.cat(state.cond, state.uncond))  # one batched forward
-            cond_logits, uncond_logits = logits[:B], logits[B:]
-            state.cond, state.uncond = both.rows(0, B), both.rows(B, 2 * B)
-        else:
-            cond_logits, state.cond = run(state.cond)
-            uncond_logits = None
-            if use_uncond:
-                uncond_logits, state.uncond = run(state.uncond)
+        def commit(branch: BranchContext, parts: list[tuple[list[int], BranchContext]]) -> BranchContext:
+            """The branch after this scale, from the forwards that ran some of its rows."""
+            if len(parts) == 1 and parts[0][0] == list(range(B)):
+                return parts[0][1]
+            merged = branch.merged(parts)
+            prune = branch.prune
+            for rows, ran in parts:
+                recorded = [j for j, b in enumerate(rows) if counts[b] >= L]
+                if recorded:
+                    t = torch.tensor(recorded)
+                    prune = prune.updated([rows[j] for j in recorded],
+                                          {key: v.index_select(0, t.to(v.device)) for key, v in ran.prune.tensors.items()},
+                                          (side, side))
+            merged.prune = prune
+            return merged
 
-        guided = self.guidance(cond_logits, uncond_logits, k, n)
-        idx_BL, entropy_B = self._sample(guided, state.seeds, k)
-        idx_Bss = idx_BL.view(B, side, side)
-        state.f_hat_BChw = state.f_hat_BChw + self.tokenizer.scale_contribution(idx_Bss)
-        state.codes[k] = idx_Bss
-        state.last_entropy_B = entropy_B
-        report = StepReport(k, side, side, L, r, L if n_keep is None else n_keep, False, use_uncond, flops)
+        # "pad": every image that runs in one forward (kept tokens padded to the largest count);
+        # "group": one forward per kept count (no padded queries, more, smaller calls)
+        if self.row_batching == "group":
+            by_count: dict[int, list[int]] = {}
+            for b in cond_rows:
+                by_count.setdefault(counts[b], []).append(b)
+            groups = list(by_count.values())
+        else:
+            groups = [cond_rows]
+        parts_c, parts_u, guided_parts = [], [], []
+        for g_rows in groups:
+            g_unc = [b for b in g_rows if uses_uncond[b]]
+            cond_sel = state.cond.select(g_rows)
+            if g_unc and state.cond.kv_lengths() == state.uncond.kv_lengths():
+                logits, both = run(BranchContext.cat(cond_sel, state.uncond.select(g_unc)), g_rows + g_unc)  # one forward
+                Rg = len(g_rows)
+                cond_logits, uncond_logits = logits[:Rg], logits[Rg:]
+                ran_c, ran_u = both.rows(0, Rg), both.rows(Rg, both.batch)
+            else:
+                cond_logits, ran_c = run(cond_sel, g_rows)
+                uncond_logits, ran_u = None, None
+                if g_unc:
+                    uncond_logits, ran_u = run(state.uncond.select(g_unc), g_unc)
+            parts_c.append((g_rows, ran_c))
+            if g_unc:
+                parts_u.append((g_unc, ran_u))
+            if len(g_unc) in (0, len(g_rows)):
+                guided_parts.append(self.guidance(cond_logits, uncond_logits, k, n))
+            else:  # some images dropped the unconditional branch: guide the others only
+                pos = {b: j for j, b in enumerate(g_rows)}
+                with_u = torch.tensor([pos[b] for b in g_unc], device=cond_logits.device)
+                guided = cond_logits.clone()
+                guided.index_copy_(0, with_u, self.guidance(cond_logits.index_select(0, with_u), uncond_logits, k, n))
+                without = torch.tensor([j for j, b in enumerate(g_rows) if not uses_uncond[b]], device=cond_logits.device)
+                guided.index_copy_(0, without, self.guidance(cond_logits.index_select(0, without), None, k, n))
+                guided_parts.append(guided)
+        state.cond = commit(state.cond, parts_c)
+        if parts_u:
+            state.uncond = commit(state.uncond, parts_u)
+        if len(groups) == 1:
+            guided = guided_parts[0]
+        else:  # back to the order of cond_rows
+            order = [b for g in groups for b in g]
+            perm = torch.tensor([order.index(b) for b in cond_rows], device=guided_parts[0].device)
+            guided = torch.cat(guided_parts, 0).index_select(0, perm)
+        idx_BL, entropy_B = self._sample(guided, [state.seeds[b] for b in cond_rows], k)
+        Rc = len(cond_rows)
+        idx_Bss = idx_BL.view(Rc, side, side)
+        contribution = self._contribution(idx_Bss)
+        if Rc == B:
+            state.f_hat_BChw = state.f_hat_BChw + contribution
+            state.codes[k] = idx_Bss
+            state.last_entropy_B = entropy_B
+        else:
+            rows_t = torch.tensor(cond_rows, device=contribution.device)
+            state.f_hat_BChw = state.f_hat_BChw.index_copy(0, rows_t, state.f_hat_BChw.index_select(0, rows_t) + contribution)
+            per_image: list = [None] * B
+            for j, b in enumerate(cond_rows):
+                per_image[b] = idx_Bss[j]
+            state.codes[k] = per_image
+            prev = state.last_entropy_B
+            if prev is None:  # NaN = "no scale sampled yet" for images that have not run one
+                prev = torch.full((B,), float("nan"), dtype=entropy_B.dtype, device=entropy_B.device)
+            state.last_entropy_B = prev.index_copy(0, rows_t.to(prev.device), entropy_B)
+        report = combine_reports(reports)
         state.reports.append(report)
         state.scale_index += 1
         return report
+
+    def _contribution(self, idx_Bss: torch.Tensor) -> torch.Tensor:
+        """Each image's contribution to f_hat, computed one image at a time: the tokenizer's phi
+        convolution picks its algorithm by batch size (oneDNN), so a batched call is not bitwise the
+        per-image one; this way an image's accumulated codes depend on its own codes only, whatever
+        batch it is generated in (and its observation features with them)."""
+        if idx_Bss.shape[0] == 1:
+            return self.tokenizer.scale_contribution(idx_Bss)
+        return torch.cat([self.tokenizer.scale_contribution(idx_Bss[b:b + 1]) for b in range(idx_Bss.shape[0])], 0)
 
     def _sample(self, logits_BLV: torch.Tensor, seeds: list[int], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits_BLV.float() / self.sampling.temperature
@@ -250,7 +366,7 @@ class NextScaleGenerator:
     @torch.no_grad()
     def decode_scale(self, state: GenerationState, scale_index: int) -> torch.Tensor | None:
         """Decode scale k's own contribution alone (the seed's "rescale_codes"); None if skipped."""
-        idx = state.codes[scale_index]
+        idx = _whole_batch_codes(state, scale_index)
         if idx is None:
             return None
         return self.tokenizer.decode(self.tokenizer.scale_contribution(idx))
@@ -259,7 +375,7 @@ class NextScaleGenerator:
     def scale_latents(self, state: GenerationState, scale_index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Scale k's codes in latent space: (contribution at latent resolution (B, C, h, w), the code
         vectors at the scale's own resolution (B, C, p, p)); None if the scale was skipped."""
-        idx = state.codes[scale_index]
+        idx = _whole_batch_codes(state, scale_index)
         if idx is None:
             return None
         return self.tokenizer.scale_contribution(idx), self.tokenizer.codebook(idx).permute(0, 3, 1, 2)
@@ -274,7 +390,14 @@ class NextScaleGenerator:
         return self.decode(state), state
 
 
-def _zero_cache(tr: NextScaleTransformer, batch: int, device) -> dict:
-    first, last = tr.cfg.pruned_block_range
-    z = torch.zeros(batch, 1, tr.cfg.width, device=device)
-    return {(i, s): z for i in range(first, last) for s in ("sa", "ca", "ffn")}
+def _whole_batch_codes(state: GenerationState, scale_index: int) -> torch.Tensor | None:
+    """Scale k's codes of the whole batch, None if every image skipped it; an error if only some did."""
+    codes = state.codes[scale_index]
+    if isinstance(codes, list):
+        raise MixedBatchError(f"only some images of this batch ran scale {scale_index}; decode them one at a time "
+                              "(state.image_codes(b, k) is None for those that skipped)")
+    return codes
+
+
+def _resample_square(cached_BSD: torch.Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> torch.Tensor:
+    return area_resample(cached_BSD, from_hw[0], to_hw[0])

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedded.config import TransformerConfig
-from generator.pruning import PruningPlan, gather_tokens, restore_tokens, select_tokens
+from generator.pruning import PruningPlan, RowPruneCache, gather_tokens, scatter_rows, select_rows
 from embedded.text import PromptEncoder
 
 
@@ -25,8 +25,9 @@ class BranchContext:
 
     Static after ``NextScaleTransformer.prefill``: ada_B6D (per block), head_ada_B2D, sos_B1D,
     ca_k/ca_v (per block, (B, H, T, c)), text_mask_B11T. Dynamic: kv (per block, self-attention keys
-    and values of every token fed so far, (B, H, L_kv, c)), prune_cache (sub-layer outputs of the last
-    unpruned scale) and its side.
+    and values of every token fed so far, (B, H, L_kv, c)), kv_mask (per block, (B, L_kv) bool, True
+    where an entry is real; None = all real: images that decided differently at some scale hold
+    masked padding there), prune (each image's sub-layer outputs of its last unpruned scale).
     """
 
     ada_B6D: list[torch.Tensor]
@@ -36,33 +37,56 @@ class BranchContext:
     ca_v: list[torch.Tensor]
     text_mask_B11T: torch.Tensor
     kv: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
-    prune_cache: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
-    prune_cache_side: int | None = None
+    kv_mask: list[torch.Tensor | None] = field(default_factory=list)
+    prune: RowPruneCache | None = None
+
+    def __post_init__(self) -> None:
+        if not self.kv_mask:
+            self.kv_mask = [None] * len(self.kv)
+        if self.prune is None:
+            self.prune = RowPruneCache.empty(self.batch)
 
     @property
     def batch(self) -> int:
         return self.sos_B1D.shape[0]
 
     def kv_lengths(self) -> tuple[int, ...]:
+        """Per block: KV entries held (padding included)."""
         return tuple(0 if kv is None else kv[0].shape[2] for kv in self.kv)
+
+    def kv_lengths_rows(self) -> list[tuple[int, ...]]:
+        """Per image, per block: real KV entries (what the image would hold alone)."""
+        cols = []
+        for kv, m in zip(self.kv, self.kv_mask):
+            if kv is None:
+                cols.append([0] * self.batch)
+            elif m is None:
+                cols.append([kv[0].shape[2]] * self.batch)
+            else:
+                cols.append(m.sum(1).tolist())
+        return [tuple(c[b] for c in cols) for b in range(self.batch)]
 
     def copy(self) -> "BranchContext":
         """Shallow copy: tensors are never modified in place, so containers are all we copy."""
         return BranchContext(self.ada_B6D, self.head_ada_B2D, self.sos_B1D, self.ca_k, self.ca_v,
-                             self.text_mask_B11T, list(self.kv), dict(self.prune_cache), self.prune_cache_side)
+                             self.text_mask_B11T, list(self.kv), list(self.kv_mask), self.prune)
 
     @staticmethod
     def cat(a: "BranchContext", b: "BranchContext") -> "BranchContext":
         """Stack two branches along the batch (their KV lengths must agree)."""
         c = lambda x, y: torch.cat([x, y], 0)  # noqa: E731
         kv = [None if ka is None else (c(ka[0], kb[0]), c(ka[1], kb[1])) for ka, kb in zip(a.kv, b.kv)]
-        cache = {}
-        if a.prune_cache_side == b.prune_cache_side:
-            cache = {k: c(a.prune_cache[k], b.prune_cache[k]) for k in a.prune_cache if k in b.prune_cache}
+        masks = []
+        for ka, ma, mb in zip(a.kv, a.kv_mask, b.kv_mask):
+            if ma is None and mb is None:
+                masks.append(None)
+            else:
+                L = ka[0].shape[2]
+                masks.append(c(_all_real(ma, a.batch, L, ka[0].device), _all_real(mb, b.batch, L, ka[0].device)))
         return BranchContext([c(x, y) for x, y in zip(a.ada_B6D, b.ada_B6D)], c(a.head_ada_B2D, b.head_ada_B2D),
                              c(a.sos_B1D, b.sos_B1D), [c(x, y) for x, y in zip(a.ca_k, b.ca_k)],
                              [c(x, y) for x, y in zip(a.ca_v, b.ca_v)], c(a.text_mask_B11T, b.text_mask_B11T),
-                             kv, cache, a.prune_cache_side if cache else None)
+                             kv, masks, RowPruneCache.cat(a.prune, b.prune))
 
     def rows(self, start: int, stop: int) -> "BranchContext":
         """The branch made of batch rows [start, stop) (views, no copies)."""
@@ -70,7 +94,71 @@ class BranchContext:
         return BranchContext([x[s] for x in self.ada_B6D], self.head_ada_B2D[s], self.sos_B1D[s],
                              [x[s] for x in self.ca_k], [x[s] for x in self.ca_v], self.text_mask_B11T[s],
                              [None if kv is None else (kv[0][s], kv[1][s]) for kv in self.kv],
-                             {k: v[s] for k, v in self.prune_cache.items()}, self.prune_cache_side)
+                             [None if m is None else m[s] for m in self.kv_mask],
+                             self.prune.rows(list(range(start, stop))))
+
+    def select(self, index: list[int]) -> "BranchContext":
+        """The branch made of the listed batch rows (itself when that is every row)."""
+        if list(index) == list(range(self.batch)):
+            return self
+        t = torch.tensor(index, dtype=torch.long, device=self.sos_B1D.device)
+        sel = lambda x: x.index_select(0, t)  # noqa: E731
+        return BranchContext([sel(x) for x in self.ada_B6D], sel(self.head_ada_B2D), sel(self.sos_B1D),
+                             [sel(x) for x in self.ca_k], [sel(x) for x in self.ca_v], sel(self.text_mask_B11T),
+                             [None if kv is None else (sel(kv[0]), sel(kv[1])) for kv in self.kv],
+                             [None if m is None else sel(m) for m in self.kv_mask], self.prune.rows(index))
+
+    def pad_kv_to(self, lengths: tuple[int, ...]) -> "BranchContext":
+        """KV padded with masked entries up to ``lengths`` per block (to stack with a longer branch)."""
+        if tuple(lengths) == self.kv_lengths():
+            return self
+        out = self.copy()
+        for i, (kv, target) in enumerate(zip(self.kv, lengths)):
+            have = 0 if kv is None else kv[0].shape[2]
+            if target == have:
+                continue
+            if kv is None:
+                raise ValueError("cannot pad an empty KV cache (the other branch must have run scale 0)")
+            extra = target - have
+            out.kv[i] = (F.pad(kv[0], (0, 0, 0, extra)), F.pad(kv[1], (0, 0, 0, extra)))
+            mask = _all_real(self.kv_mask[i], self.batch, have, kv[0].device)
+            out.kv_mask[i] = F.pad(mask, (0, extra), value=False)
+        return out
+
+    def merged(self, parts: list[tuple[list[int], "BranchContext"]]) -> "BranchContext":
+        """This branch after a scale that ran only some rows, in one or more forwards: ``parts`` =
+        [(rows, ran)], ``ran`` being those rows' context after the scale (KV = old entries + this
+        scale's). This scale's entries become one chunk as wide as the widest part; rows that did not
+        run (and narrower parts' tail) hold masked padding there, so every row keeps the same KV length."""
+        out = self.copy()
+        device = self.sos_B1D.device
+        for i, old in enumerate(self.kv):
+            have = 0 if old is None else old[0].shape[2]
+            news = [(rows, ran.kv[i][0][:, :, have:], ran.kv[i][1][:, :, have:], ran.kv_mask[i]) for rows, ran in parts]
+            n = max(k_new.shape[2] for _, k_new, _, _ in news)
+            k0 = news[0][1]
+            k_full = k0.new_zeros(self.batch, k0.shape[1], n, k0.shape[3])
+            v_full = torch.zeros_like(k_full)
+            chunk_mask = torch.zeros(self.batch, n, dtype=torch.bool, device=device)
+            for rows, k_new, v_new, m_new in news:
+                index = torch.tensor(rows, dtype=torch.long, device=device)
+                extra = n - k_new.shape[2]
+                part_mask = (torch.ones(len(rows), k_new.shape[2], dtype=torch.bool, device=device) if m_new is None
+                             else m_new[:, have:])
+                k_full.index_copy_(0, index, F.pad(k_new, (0, 0, 0, extra)) if extra else k_new)
+                v_full.index_copy_(0, index, F.pad(v_new, (0, 0, 0, extra)) if extra else v_new)
+                chunk_mask.index_copy_(0, index, F.pad(part_mask, (0, extra), value=False) if extra else part_mask)
+            if old is None:
+                out.kv[i] = (k_full, v_full)
+                out.kv_mask[i] = chunk_mask
+            else:
+                out.kv[i] = (torch.cat([old[0], k_full], 2), torch.cat([old[1], v_full], 2))
+                out.kv_mask[i] = torch.cat([_all_real(self.kv_mask[i], self.batch, have, device), chunk_mask], 1)
+        return out
+
+
+def _all_real(mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    return torch.ones(batch, length, dtype=torch.bool, device=device) if mask is None else mask
 
 
 class Block(nn.Module):
@@ -102,14 +190,21 @@ class Block(nn.Module):
         return self._heads(k), self._heads(v)
 
     # ---- sub-layers: each maps (a subset of) the residual stream to its residual update --------
-    def self_attention(self, x_BnD, ada_B6D, past_kv, attn_mask=None):
+    def self_attention(self, x_BnD, ada_B6D, past_kv, attn_mask=None, past_mask=None, new_mask=None):
+        """past_mask (B, L_past) / new_mask (B, n): which keys are real (None = all); padded keys are
+        masked out of every query's attention."""
         gamma1, _, scale1, _, shift1, _ = ada_B6D.unbind(1)
         h = self.ln_sa(x_BnD) * (1 + scale1[:, None]) + shift1[:, None]
         B, n, D = h.shape
         q, k, v = self.qkv(h).view(B, n, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        past_len = 0
         if past_kv is not None:
+            past_len = past_kv[0].shape[2]
             k = torch.cat([past_kv[0], k], dim=2)
             v = torch.cat([past_kv[1], v], dim=2)
+        if past_mask is not None or new_mask is not None:
+            attn_mask = torch.cat([_all_real(past_mask, B, past_len, h.device),
+                                   _all_real(new_mask, B, n, h.device)], 1)[:, None, None, :]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = self.sa_proj(a.transpose(1, 2).reshape(B, n, D)) * gamma1[:, None]
         return out, (k, v)
@@ -126,30 +221,41 @@ class Block(nn.Module):
         return self.fc2(F.gelu(self.fc1(h), approximate="tanh")) * gamma2[:, None]
 
     # ---- whole block ----------------------------------------------------------------------------
-    def forward(self, x_BLD, ada_B6D, ca_k, ca_v, text_mask_B11T, past_kv=None, attn_mask=None):
+    def forward(self, x_BLD, ada_B6D, ca_k, ca_v, text_mask_B11T, past_kv=None, attn_mask=None, past_mask=None):
         """Unpruned block; returns (x, (k, v) of past+current tokens)."""
-        sa, kv = self.self_attention(x_BLD, ada_B6D, past_kv, attn_mask)
+        sa, kv = self.self_attention(x_BLD, ada_B6D, past_kv, attn_mask, past_mask)
         x_BLD = x_BLD + sa
         x_BLD = x_BLD + self.cross_attention(x_BLD, ca_k, ca_v, text_mask_B11T)
         return x_BLD + self.ffn(x_BLD, ada_B6D), kv
 
-    def forward_pruned(self, x_BLD, ada_B6D, ca_k, ca_v, text_mask_B11T, past_kv, plan: PruningPlan, index: int):
-        """Cached token pruning (see generator.pruning): every sub-layer sees only plan.n_keep tokens."""
-        assert plan.n_keep is not None and plan.cache is not None and plan.cached_side is not None
+    def forward_pruned(self, x_BLD, ada_B6D, ca_k, ca_v, text_mask_B11T, past_kv, past_mask, plan: PruningPlan,
+                       index: int):
+        """Cached token pruning (see generator.pruning): each sub-layer sees only the tokens its row
+        keeps (``plan.counts``), padded to the largest count; returns (x, kv, mask of the new keys)."""
+        L = x_BLD.shape[1]
+        new_mask = None
 
         def pruned(name, x, fn):
-            idx = select_tokens(x, plan.n_keep)
-            out, extra = fn(gather_tokens(x, idx))
-            return x + restore_tokens(out, idx, plan.cache[(index, name)], plan.cached_side, plan.side), extra
+            nonlocal new_mask
+            dev_BL = (x - x.mean(dim=1, keepdim=True)).pow(2).sum(-1)
+            idx, valid = select_rows(dev_BL, plan.counts, L)
+            if name == "sa":
+                new_mask = valid
+            out, extra = fn(gather_tokens(x, idx), valid)
+            full = scatter_rows(plan.source((index, name)).to(out.dtype), idx, out, valid)
+            if plan.record:
+                plan.recorded[(index, name)] = full
+            return x + full, extra
 
-        x_BLD, kv = pruned("sa", x_BLD, lambda t: self.self_attention(t, ada_B6D, past_kv))
-        x_BLD, _ = pruned("ca", x_BLD, lambda t: (self.cross_attention(t, ca_k, ca_v, text_mask_B11T), None))
-        x_BLD, _ = pruned("ffn", x_BLD, lambda t: (self.ffn(t, ada_B6D), None))
-        return x_BLD, kv
+        x_BLD, kv = pruned("sa", x_BLD, lambda t, m: self.self_attention(t, ada_B6D, past_kv, None, past_mask, m))
+        x_BLD, _ = pruned("ca", x_BLD, lambda t, m: (self.cross_attention(t, ca_k, ca_v, text_mask_B11T), None))
+        x_BLD, _ = pruned("ffn", x_BLD, lambda t, m: (self.ffn(t, ada_B6D), None))
+        return x_BLD, kv, new_mask
 
-    def forward_recording(self, x_BLD, ada_B6D, ca_k, ca_v, text_mask_B11T, past_kv, plan: PruningPlan, index: int):
+    def forward_recording(self, x_BLD, ada_B6D, ca_k, ca_v, text_mask_B11T, past_kv, plan: PruningPlan, index: int,
+                          past_mask=None):
         """Unpruned block that also records each sub-layer's output for later cached restoration."""
-        sa, kv = self.self_attention(x_BLD, ada_B6D, past_kv)
+        sa, kv = self.self_attention(x_BLD, ada_B6D, past_kv, None, past_mask)
         plan.recorded[(index, "sa")] = sa
         x_BLD = x_BLD + sa
         ca = self.cross_attention(x_BLD, ca_k, ca_v, text_mask_B11T)
@@ -215,27 +321,38 @@ class NextScaleTransformer(nn.Module):
             sos_B1D=self.sos_proj(pooled_BD)[:, None],
             ca_k=[k for k, _ in ca], ca_v=[v for _, v in ca],
             text_mask_B11T=mask_BT[:, None, None, :],
-            kv=[None] * self.cfg.depth,
+            kv=[None] * self.cfg.depth, kv_mask=[None] * self.cfg.depth,
         )
 
     def logits(self, x_BLD: torch.Tensor, head_ada_B2D: torch.Tensor) -> torch.Tensor:
         scale, shift = head_ada_B2D.unbind(1)
         return self.head(self.ln_head(x_BLD) * (1 + scale[:, None]) + shift[:, None])
 
-    def forward_scale(self, x_BLD: torch.Tensor, ctx: BranchContext, plan: PruningPlan) -> tuple[torch.Tensor, list]:
-        """One scale for one (possibly stacked) branch. Returns (logits (B, L, V), new per-block KV)."""
+    def forward_scale(self, x_BLD: torch.Tensor, ctx: BranchContext, plan: PruningPlan
+                      ) -> tuple[torch.Tensor, list, list]:
+        """One scale for one (possibly stacked) branch. Returns (logits (B, L, V), new per-block KV
+        (old + this scale's entries), new per-block KV masks (None = every entry real))."""
         first, last = self.cfg.pruned_block_range
-        new_kv = []
+        new_kv, new_masks = [], []
         for i, blk in enumerate(self.blocks):
+            past_mask = ctx.kv_mask[i]
             args = (x_BLD, ctx.ada_B6D[i], ctx.ca_k[i], ctx.ca_v[i], ctx.text_mask_B11T, ctx.kv[i])
-            if first <= i < last and plan.n_keep is not None:
-                x_BLD, kv = blk.forward_pruned(*args, plan=plan, index=i)
+            chunk_mask = None
+            if first <= i < last and plan.prunes:
+                x_BLD, kv, chunk_mask = blk.forward_pruned(*args, past_mask, plan=plan, index=i)
             elif first <= i < last and plan.record:
-                x_BLD, kv = blk.forward_recording(*args, plan=plan, index=i)
+                x_BLD, kv = blk.forward_recording(*args, plan=plan, index=i, past_mask=past_mask)
             else:
-                x_BLD, kv = blk(*args)
+                x_BLD, kv = blk(*args, past_mask=past_mask)
             new_kv.append(kv)
-        return self.logits(x_BLD, ctx.head_ada_B2D), new_kv
+            if past_mask is None and chunk_mask is None:
+                new_masks.append(None)
+            else:
+                past_len = 0 if ctx.kv[i] is None else ctx.kv[i][0].shape[2]
+                B, n = x_BLD.shape[0], kv[0].shape[2] - past_len
+                new_masks.append(torch.cat([_all_real(past_mask, B, past_len, x_BLD.device),
+                                            _all_real(chunk_mask, B, n, x_BLD.device)], 1))
+        return self.logits(x_BLD, ctx.head_ada_B2D), new_kv, new_masks
 
     # ---- training -------------------------------------------------------------------------------
     def forward(self, ids_BT, mask_BT, inputs: list[torch.Tensor]) -> torch.Tensor:

@@ -76,20 +76,21 @@ class BudgetGuard:
         ratios = [0.0] * first_controllable + [1.0] * (n - first_controllable)
         return float(self.generator.flops_fraction(ratios))
 
-    def _cost(self, state, ratio: float, drop: bool) -> float:
-        """FLOPs (per image) of running the current scale of ``state`` with (ratio, drop)."""
+    def _cost(self, state, ratio: float, drop: bool, image: int = 0) -> float:
+        """FLOPs (per image) of running the current scale of ``state`` with (ratio, drop) for image ``image``."""
         g, k, n = self.generator, state.scale_index, state.num_scales
-        done = state.reports[:k]
+        done = state.image_reports(image)[:k]
         ratios = [r.ratio for r in done] + [ratio] + [1.0] * (n - k - 1)
         unc = [r.unconditional for r in done] + [g.uses_unconditional(k) and not drop] + [False] * (n - k - 1)
         return float(g.schedule_flops(ratios, unc)[k])
 
-    def decide(self, state, ratio: float, drop: bool, budget: float) -> BudgetDecision:
-        """The decision to run at ``state``'s next scale so that the image stays within ``budget``."""
-        allowed = budget * self.flops_full - state.flops_used + BUDGET_EPS * self.flops_full
+    def decide(self, state, ratio: float, drop: bool, budget: float, image: int = 0) -> BudgetDecision:
+        """The decision to run at ``state``'s next scale so that image ``image`` of it stays within ``budget``
+        (each image of a batch on its own spend so far)."""
+        allowed = budget * self.flops_full - state.flops_used_per_image[image] + BUDGET_EPS * self.flops_full
         if ratio >= 1.0:
             return BudgetDecision(ratio, drop, False, 0.0)
-        cost = self._cost(state, ratio, drop)
+        cost = self._cost(state, ratio, drop, image)
         if cost <= allowed:
             return BudgetDecision(ratio, drop, False, cost / self.flops_full)
         side = self.generator.scale_sides[state.scale_index]
@@ -99,7 +100,7 @@ class BudgetGuard:
         while lo <= hi:
             keep = (lo + hi) // 2
             r = (n_tok - keep + 0.5) / n_tok  # mid-interval: tokens_kept(n_tok, r) == keep without float edge cases
-            c = self._cost(state, r, drop)
+            c = self._cost(state, r, drop, image)
             if c <= allowed:
                 best, lo = (r, c), keep + 1
             else:

@@ -52,13 +52,14 @@ class ObservationBuilder:
         return (N_BASE_FEATURES + self.controllable + N_CONTENT_FEATURES + self.prompt_embedding_dim
                 + (N_BUDGET_FEATURES if self.budget_conditioned else 0))
 
-    def budget_features(self, state, budget: float | None) -> np.ndarray:
-        """[budget, budget left] as fractions of the unpruned FLOPs (empty unless budget-conditioned)."""
+    def budget_features(self, flops_used: float, budget: float | None) -> np.ndarray:
+        """[budget, budget left] as fractions of the unpruned FLOPs, for an image that has spent
+        ``flops_used`` (empty unless budget-conditioned)."""
         if not self.budget_conditioned:
             return np.zeros(0, np.float32)
         if budget is None:
             raise ValueError("this observation is budget-conditioned: pass the episode's FLOPs budget")
-        return np.asarray([budget, budget - state.flops_used / self.flops_full], np.float32)
+        return np.asarray([budget, budget - flops_used / self.flops_full], np.float32)
 
     def prompt_features(self, prompt: str) -> np.ndarray:
         if self._proj is None:
@@ -68,9 +69,9 @@ class ObservationBuilder:
             self._prompt_cache[prompt] = emb @ self._proj
         return self._prompt_cache[prompt]
 
-    def chosen_ratios(self, state) -> list[float]:
-        """Ratios already applied on the controllable scales, read from the state's reports."""
-        return [r.ratio for r in state.reports[self.first_controllable:]]
+    def chosen_ratios(self, state, b: int = 0) -> list[float]:
+        """Ratios image b already applied on the controllable scales, read from the state's reports."""
+        return [r.ratio for r in state.image_reports(b)[self.first_controllable:]]
 
     def _pool_matrix(self, side_hw: tuple[int, int], map_hw: tuple[int, int]) -> np.ndarray:
         """(L, h*w) matrix equal to adaptive average pooling of an (h, w) map to ``side_hw`` (cached)."""
@@ -81,13 +82,16 @@ class ObservationBuilder:
             self._pools[key] = F.adaptive_avg_pool2d(eye, side_hw).reshape(n, -1).t().numpy()
         return self._pools[key]
 
-    def content_features(self, state) -> np.ndarray:
-        """``CONTENT_FEATURE_NAMES`` for the token map about to run: deviation statistics of the latent codes
-        pooled to that map (not FastVAR's hidden-state score, see the constant), spectral energy of the
-        accumulated codes, the last scale's sampling entropy, the code magnitude (NumPy: tiny maps)."""
+    def content_features(self, state, codes_BChw: np.ndarray | None = None, b: int = 0) -> np.ndarray:
+        """``CONTENT_FEATURE_NAMES`` of image b for the token map about to run: deviation statistics of the
+        latent codes pooled to that map (not FastVAR's hidden-state score, see the constant), spectral energy
+        of the accumulated codes, the last scale's sampling entropy, the code magnitude (NumPy: tiny maps).
+        ``codes_BChw``: the accumulated codes as float64 NumPy (read from the state if None)."""
         from generator.spectral import high_frequency_energy_batch
 
-        codes = self.generator.accumulated_codes(state)[:1].detach().cpu().numpy().astype(np.float64)  # (1, C, h, w)
+        if codes_BChw is None:
+            codes_BChw = self.generator.accumulated_codes(state).detach().cpu().numpy().astype(np.float64)
+        codes = codes_BChw[b:b + 1]  # (1, C, h, w)
         k = min(state.scale_index, state.num_scales - 1)
         side = self.generator.scale_sides[k]
         hw = (side, side) if isinstance(side, int) else tuple(side)
@@ -102,20 +106,42 @@ class ObservationBuilder:
         top = sum(sorted(dev)[-max(1, n_tok // 4):]) / (total + 1e-8)
         hf = float(high_frequency_energy_batch(codes)[0])
         ent = state.last_entropy_B
-        ent = 0.0 if ent is None else float(ent[0]) / self.generator.max_entropy
+        ent = float("nan") if ent is None else float(ent[b])
+        # rounded to 1e-3: the logits it comes from carry ~1e-7 of floating-point noise that depends on the
+        # batch an image is generated in; rounded, an image's observation (and so an agent's decision) is
+        # the same in any batch. NaN: no scale sampled yet.
+        ent = 0.0 if ent != ent else round(ent / self.generator.max_entropy, 3)
         mag = float(np.abs(codes).mean())
         return np.asarray([math.log1p(mean), cv, top, hf, ent, math.log1p(mag)], np.float32)
 
-    def observe(self, state, budget: float | None = None) -> np.ndarray:
+    def observe_batch(self, state, budgets=None) -> np.ndarray:
+        """(B, dim): one observation per image of the state's batch, each exactly what that image would be
+        observed as if it were generated alone (its own codes, FLOPs, ratios, prompt and, for
+        budget-conditioned observations, its budget: ``budgets`` is one per image or one for all)."""
         n = state.num_scales
         k = min(state.scale_index, n - 1)
         widths = self.generator.scale_widths
-        base = [(state.scale_index - self.first_controllable) / self.controllable, widths[k] / widths[-1],
-                state.flops_used / self.flops_full]
-        prev = [-1.0] * self.controllable
-        chosen = self.chosen_ratios(state)
-        prev[: len(chosen)] = chosen
-        # after the last scale there is no next token map to describe, and no agent acts on this observation
-        content = np.zeros(N_CONTENT_FEATURES, np.float32) if state.finished else self.content_features(state)
-        return np.concatenate([np.asarray(base + prev, np.float32), content, self.prompt_features(state.prompts[0]),
-                               self.budget_features(state, budget)]).astype(np.float32)
+        flops = state.flops_used_per_image
+        if budgets is None or isinstance(budgets, (int, float)):
+            budgets = [budgets] * state.batch
+        if len(budgets) != state.batch:
+            raise ValueError(f"got {len(budgets)} budgets for a batch of {state.batch} images")
+        codes = None if state.finished else self.generator.accumulated_codes(state).detach().cpu().numpy().astype(np.float64)
+        rows = []
+        for b in range(state.batch):
+            base = [(state.scale_index - self.first_controllable) / self.controllable, widths[k] / widths[-1],
+                    flops[b] / self.flops_full]
+            prev = [-1.0] * self.controllable
+            chosen = self.chosen_ratios(state, b)
+            prev[: len(chosen)] = chosen
+            # after the last scale there is no next token map to describe, and no agent acts on this observation
+            content = np.zeros(N_CONTENT_FEATURES, np.float32) if state.finished else self.content_features(state, codes, b)
+            rows.append(np.concatenate([np.asarray(base + prev, np.float32), content, self.prompt_features(state.prompts[b]),
+                                        self.budget_features(flops[b], budgets[b])]).astype(np.float32))
+        return np.stack(rows)
+
+    def observe(self, state, budget: float | None = None) -> np.ndarray:
+        """(dim,): the observation of a one-image state (``observe_batch`` for a batch)."""
+        if state.batch != 1:
+            raise ValueError(f"observe() describes one image but the state holds {state.batch}: use observe_batch(state)")
+        return self.observe_batch(state, [budget])[0]

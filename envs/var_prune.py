@@ -47,7 +47,7 @@ class VarPruneEnv(gym.Env):
     | 3+C+1 | coefficient of variation of those deviations |
     | 3+C+2 | share of the total deviation held by the top quarter of tokens |
     | 3+C+3 | high-frequency spectral energy fraction of the accumulated codes |
-    | 3+C+4 | mean entropy of the last sampled scale's token distributions / its maximum |
+    | 3+C+4 | mean entropy of the last sampled scale's token distributions / its maximum, rounded to 1e-3 |
     | 3+C+5 | log1p of the mean absolute accumulated code value |
     | 3+C+6 .. | fixed random projection of the prompt's CLIP text embedding (E values) |
     | last two | with ``budget_range``: the episode's FLOPs budget b, and b - FLOPs spent so far (fractions) |

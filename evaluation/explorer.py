@@ -100,6 +100,7 @@ class ScheduleOutcome:
     clip_score: float | None
     clip_delta: float | None
     judge: dict | None = None
+    total_fraction: float | None = None  # with the VQ decoder (and a separate text encoder): of the image's whole compute
 
     @property
     def ratios(self) -> list[float]:
@@ -107,7 +108,9 @@ class ScheduleOutcome:
 
     def metrics_markdown(self) -> str:
         """The column's figures as Markdown (what the page prints under the images)."""
-        lines = [f"**FLOPs**: {self.flops / 1e6:,.1f} MFLOPs = **{self.flops_fraction:.3f}** of the unpruned image",
+        lines = [f"**FLOPs**: {self.flops / 1e6:,.1f} MFLOPs = **{self.flops_fraction:.3f}** of the unpruned image's "
+                 f"transformer FLOPs" + ("" if self.total_fraction is None else
+                                         f"; {self.total_fraction:.3f} of its total with the decoder"),
                  f"**latency**: {self.latency_ms:.1f} ms (batch 1, this machine)",
                  f"**SSIM** vs Original: {self.ssim:.3f} · **PSNR**: {format_psnr(self.psnr)}"]
         if self.clip_score is not None:
@@ -131,12 +134,13 @@ class Comparison:
         """One row per schedule: the figures the columns show, side by side."""
         has_clip = any(o.clip_score is not None for o in self.outcomes)
         has_judge = any(o.judge is not None for o in self.outcomes)
-        head = ["schedule", "FLOPs frac", "MFLOPs", "latency ms", "SSIM", "PSNR dB"]
+        head = ["schedule", "FLOPs frac", "total frac", "MFLOPs", "latency ms", "SSIM", "PSNR dB"]
         head += ["CLIP", "ΔCLIP"] if has_clip else []
         head += ["attr acc", "scene acc"] if has_judge else []
         rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for o in self.outcomes:
-            cells = [o.label, f"{o.flops_fraction:.3f}", f"{o.flops / 1e6:,.1f}", f"{o.latency_ms:.1f}", f"{o.ssim:.3f}",
+            total = "n/a" if o.total_fraction is None else f"{o.total_fraction:.3f}"
+            cells = [o.label, f"{o.flops_fraction:.3f}", total, f"{o.flops / 1e6:,.1f}", f"{o.latency_ms:.1f}", f"{o.ssim:.3f}",
                      format_psnr(o.psnr)]
             if has_clip:
                 cells += [f"{o.clip_score:.1f}", f"{o.clip_delta:+.1f}"] if o.clip_score is not None else ["n/a", "n/a"]
@@ -144,6 +148,8 @@ class Comparison:
                 cells += ([f"{o.judge['attribute_accuracy']:.2f}", f"{o.judge['scene_accuracy']:.0f}"]
                           if o.judge is not None else ["n/a", "n/a"])
             rows.append("| " + " | ".join(cells) + " |")
+        rows.append("\nFLOPs frac: transformer FLOPs / the unpruned image's (what pruning acts on); total frac: with "
+                    "the VQ decoder (and a separate text encoder), the image's whole compute; MFLOPs: transformer.")
         return "\n".join(rows)
 
 
@@ -312,6 +318,15 @@ class Explorer:
         same = (env.get("clip_model"), env.get("clip_pretrained")) == self.clip_spec
         return self.clip if same else None
 
+    def _total_fraction(self, transformer_flops: float) -> float | None:
+        """The image's whole compute (transformer + VQ decoder + a separate text encoder) as a fraction of
+        the unpruned image's; None for a backend without decoder / text-encoder FLOPs."""
+        if not (hasattr(self.generator, "decode_flops") and hasattr(self.generator, "text_flops")):
+            return None
+        from generator.protocol import total_fraction_of_used
+
+        return float(total_fraction_of_used(self.generator, transformer_flops))
+
     # ---- running ---------------------------------------------------------------------------------
     def _generate(self, prompt: str, seed: int, schedule, after_step=None):
         if hasattr(schedule, "bind"):
@@ -368,7 +383,8 @@ class Explorer:
         for i, (req, (img, rows, flops, latency)) in enumerate(zip(requests, runs)):
             outcomes.append(ScheduleOutcome(req, req.label, to_uint8(img), rows, flops, flops / self.flops_full, latency,
                                             float(ssims[i]), float(psnrs[i]), clips[i],
-                                            None if clips[i] is None else clips[i] - clips[0], judged[i]))
+                                            None if clips[i] is None else clips[i] - clips[0], judged[i],
+                                            self._total_fraction(flops)))
         return Comparison(prompt, seed, outcomes, self.flops_full, list(self.notes))
 
 

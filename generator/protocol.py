@@ -14,6 +14,15 @@ tokens farthest from the map's mean, fill the rest from the cached output of an 
 semantics of the seed pipeline's ``get_pruning_ratio``. ``drop_unconditional=True`` runs the scale
 without the unconditional classifier-free-guidance branch (half the compute of that scale).
 
+Per-image decisions: ``step(state, ratios, drop_unconditional)`` also takes one ratio (and one flag)
+per image of the batch. Images pruned by different amounts run in one forward pass (kept tokens
+padded to the batch's maximum, padded keys masked out); an image that skips the scale while others
+run it gets no codes and no KV entries for it. Each image ends where it would have ended alone with
+its own ratios (same codes; floating-point values within reduction-order noise, see the tests). A
+step whose images did the same thing records one :class:`StepReport`; otherwise a
+:class:`BatchStepReport` with one ``StepReport`` per image (``state.image_reports(b)`` reads image
+b's history either way, ``state.flops_used_per_image`` its FLOPs).
+
 FLOPs are analytic and per image (multiply-add = 2 FLOPs): ``schedule_flops`` gives a ratio list's
 per-scale cost without generating anything, ``flops_full`` the unpruned image's transformer cost
 (prefill included), the denominator of every "FLOPs fraction" the env and its reward use (the
@@ -55,6 +64,61 @@ class StepReport:
         return asdict(self)
 
 
+class MixedBatchError(ValueError):
+    """A batch-level value was asked of a step (or state) whose images differ in it."""
+
+
+@dataclass(frozen=True)
+class BatchStepReport:
+    """One scale of a batch whose images did different things: one :class:`StepReport` per image.
+
+    ``scale_index``, ``width``, ``height`` and ``tokens`` are the batch's; ``ratio``, ``kept``,
+    ``skipped``, ``unconditional`` and ``flops`` are returned only when every image agrees (a caller
+    written for uniform batches then still works) and raise :class:`MixedBatchError` otherwise:
+    read ``images[b]`` instead. Never reports image 0's value for the whole batch.
+    """
+
+    images: tuple[StepReport, ...]
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise ValueError("a BatchStepReport needs at least one image report")
+
+    scale_index = property(lambda self: self.images[0].scale_index)
+    width = property(lambda self: self.images[0].width)
+    height = property(lambda self: self.images[0].height)
+    tokens = property(lambda self: self.images[0].tokens)
+
+    def _uniform(self, name: str):
+        values = [getattr(r, name) for r in self.images]
+        if any(v != values[0] for v in values[1:]):
+            raise MixedBatchError(f"the images of scale {self.scale_index} differ in {name!r} ({values}); "
+                                  f"read report.images[b].{name} (or state.image_reports(b))")
+        return values[0]
+
+    ratio = property(lambda self: self._uniform("ratio"))
+    kept = property(lambda self: self._uniform("kept"))
+    skipped = property(lambda self: self._uniform("skipped"))
+    unconditional = property(lambda self: self._uniform("unconditional"))
+    flops = property(lambda self: self._uniform("flops"))
+
+    def to_dict(self) -> dict:
+        return {"scale_index": self.scale_index, "images": [r.to_dict() for r in self.images]}
+
+
+def combine_reports(reports: list[StepReport]) -> "StepReport | BatchStepReport":
+    """One StepReport when every image's report is identical, else a BatchStepReport."""
+    first = reports[0]
+    if all(r == first for r in reports[1:]):
+        return first
+    return BatchStepReport(tuple(reports))
+
+
+def image_report(report: "StepReport | BatchStepReport", b: int) -> StepReport:
+    """Image b's report of one scale."""
+    return report.images[b] if isinstance(report, BatchStepReport) else report
+
+
 class StateProgress:
     """Progress properties shared by the generation states of every backend (needs ``num_scales``,
     ``scale_index``, ``prompts``, ``codes``, ``reports`` and ``flops_prefill``)."""
@@ -69,13 +133,39 @@ class StateProgress:
 
     @property
     def flops_used(self) -> float:
-        """Per-image FLOPs so far, prefill included."""
-        return self.flops_prefill + sum(r.flops for r in self.reports)
+        """Per-image FLOPs so far, prefill included; raises :class:`MixedBatchError` when the batch's
+        images spent different amounts (use ``flops_used_per_image``)."""
+        per = self.flops_used_per_image
+        if any(f != per[0] for f in per[1:]):
+            raise MixedBatchError(f"the images of this batch spent different FLOPs {per}: use state.flops_used_per_image")
+        return per[0]
 
-    def record_skip(self, width: int, height: int, ratio: float) -> "StepReport":
-        """Skip the current scale (ratio >= 1): no forward pass, no codes, nothing appended to the KV cache."""
+    @property
+    def flops_used_per_image(self) -> list[float]:
+        """FLOPs so far of each image (prefill included), as if it had been generated alone."""
+        out = []
+        for b in range(self.batch):
+            out.append(self.flops_prefill + sum(image_report(r, b).flops for r in self.reports))
+        return out
+
+    def image_reports(self, b: int) -> list[StepReport]:
+        """Image b's per-scale reports so far."""
+        if not 0 <= b < self.batch:
+            raise IndexError(f"image {b} is outside 0..{self.batch - 1}")
+        return [image_report(r, b) for r in self.reports]
+
+    def image_codes(self, b: int, scale_index: int):
+        """Image b's codes of one scale (None if it skipped that scale or it has not run yet)."""
+        codes = self.codes[scale_index]
+        return None if codes is None else codes[b]
+
+    def record_skip(self, width: int, height: int, ratio: float | list[float]) -> "StepReport | BatchStepReport":
+        """Skip the current scale for every image (ratios >= 1): no forward pass, no codes, nothing
+        appended to the KV cache."""
         k = self.scale_index
-        report = StepReport(k, width, height, width * height, ratio, 0, True, False, 0.0)
+        ratios = [ratio] * self.batch if isinstance(ratio, (int, float)) else list(ratio)
+        report = combine_reports([StepReport(k, width, height, width * height, float(r), 0, True, False, 0.0)
+                                  for r in ratios])
         self.codes[k] = None
         self.reports.append(report)
         self.scale_index += 1
@@ -94,6 +184,35 @@ def validate_ratio(ratio: float) -> float:
         raise ValueError(f"pruning ratio must be finite and >= 0 (0 <= r < 1 prunes a fraction r of the "
                          f"tokens, r >= 1 skips the scale), got {ratio!r}")
     return r
+
+
+def per_image_decisions(ratio, drop_unconditional, batch: int) -> tuple[list[float], list[bool]]:
+    """One validated ratio and one CFG-drop flag per image, from a scalar (shared by every image) or
+    a sequence / 1-D array of ``batch`` values; anything else is a ValueError naming what was given."""
+    def expand(value, what: str) -> list:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            if value.ndim == 0:
+                return [value.item()] * batch
+            if value.ndim != 1:
+                raise ValueError(f"per-image {what} must be a scalar or one value per image (shape ({batch},)), "
+                                 f"got an array of shape {value.shape}")
+            value = value.tolist()
+        if isinstance(value, (list, tuple)):
+            if len(value) != batch:
+                raise ValueError(f"got {len(value)} {what} for a batch of {batch} images (give one per image, or a scalar)")
+            return list(value)
+        return [value] * batch
+
+    ratios = [validate_ratio(r) for r in expand(ratio, "ratios")]
+    drops = []
+    for d in expand(drop_unconditional, "drop_unconditional flags"):
+        if isinstance(d, (bool, np.bool_)) or (isinstance(d, (int, np.integer)) and d in (0, 1)):
+            drops.append(bool(d))
+        else:
+            raise ValueError(f"drop_unconditional must be a bool (or one bool per image), got {d!r}")
+    return ratios, drops
 
 
 def check_prompts_and_seeds(prompts: list[str] | str, seeds: list[int] | int) -> tuple[list[str], list[int]]:
@@ -126,7 +245,7 @@ class GenerationProgress(Protocol):
     num_scales: int
     scale_index: int
     codes: list
-    reports: list[StepReport]
+    reports: list  # StepReport | BatchStepReport per scale run so far
     flops_prefill: float
     last_entropy_B: torch.Tensor | None
 
@@ -138,6 +257,11 @@ class GenerationProgress(Protocol):
 
     @property
     def flops_used(self) -> float: ...
+
+    @property
+    def flops_used_per_image(self) -> list[float]: ...
+
+    def image_reports(self, b: int) -> list[StepReport]: ...
 
     def copy(self) -> "GenerationProgress": ...
 
@@ -188,8 +312,9 @@ class PerScaleGenerator(Protocol):
     def start(self, prompts: list[str] | str, seeds: list[int] | int) -> GenerationProgress:
         """Encode the prompts and prefill; the returned state is at scale 0."""
 
-    def step(self, state: GenerationProgress, ratio: float, drop_unconditional: bool = False) -> StepReport:
-        """Run scale ``state.scale_index`` with ``ratio``; advances ``state`` in place."""
+    def step(self, state: GenerationProgress, ratio, drop_unconditional=False) -> "StepReport | BatchStepReport":
+        """Run scale ``state.scale_index`` with ``ratio`` (a float, or one per image) and
+        ``drop_unconditional`` (a bool, or one per image); advances ``state`` in place."""
 
     def decode(self, state: GenerationProgress) -> torch.Tensor:
         """The image of the codes accumulated so far, (B, 3, H, W) float in [0, 1]."""

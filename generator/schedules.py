@@ -3,6 +3,11 @@
 A schedule answers "what pruning ratio for scale i of n?" (0 <= r < 1 prunes a fraction r of the
 tokens, r >= 1 skips the scale), optionally looking at the generation state so far. The generation
 loop cannot tell a hand-made schedule from a trained agent (``agents.AgentSchedule``).
+
+The answer is a float shared by every image of the batch (every fixed schedule here), or a list
+with one ratio per image of ``state`` (a schedule that looks at each image, e.g. a trained agent on
+a batch); the same holds for the optional ``drop_unconditional``. ``run_schedule`` passes either to
+``generator.step``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 @runtime_checkable
 class PruningSchedule(Protocol):
-    def ratio(self, scale_index: int, num_scales: int, state: Any | None = None) -> float: ...
+    def ratio(self, scale_index: int, num_scales: int, state: Any | None = None) -> float | list[float]: ...
 
 
 def _check_index(scale_index: int, num_scales: int) -> None:
@@ -212,13 +217,15 @@ def schedule_ratios(schedule: PruningSchedule, num_scales: int) -> list[float]:
 
 def run_schedule(generator, state, schedule: PruningSchedule | None, after_step=None):
     """Step ``state`` to the end, each scale's ratio (and, for schedules that have it, whether to drop
-    the unconditional branch) from ``schedule`` (None = unpruned); ``after_step(state, k)`` is called
-    after scale k. Works for every backend with the step-wise API; returns the state."""
+    the unconditional branch) from ``schedule`` (None = unpruned), shared or one per image;
+    ``after_step(state, k)`` is called after scale k. Works for every backend with the step-wise API;
+    returns the state."""
     while not state.finished:
         k, n = state.scale_index, state.num_scales
         r = 0.0 if schedule is None else schedule.ratio(k, n, state)
         drop = getattr(schedule, "drop_unconditional", None)
-        generator.step(state, r, drop_unconditional=bool(drop(k, n, state)) if drop is not None else False)
+        d = drop(k, n, state) if drop is not None else False
+        generator.step(state, r, drop_unconditional=d if isinstance(d, (list, tuple)) else bool(d))
         if after_step is not None:
             after_step(state, k)
     return state

@@ -110,11 +110,12 @@ class ClipScorer:
     @torch.no_grad()
     def text_embedding(self, prompts: list[str]) -> torch.Tensor:
         """Unit-norm text embeddings (B, D); cached per prompt."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if missing:
-            emb = self.model.encode_text(self.tokenizer(missing).to(self.device)).float()
-            for p, e in zip(missing, F.normalize(emb, dim=-1)):
-                self._text_cache[p] = e
+        for p in dict.fromkeys(prompts):
+            if p not in self._text_cache:
+                # one prompt at a time: a batched encode is not bitwise the per-prompt one, and the cached
+                # embedding (an agent's prompt features) must not depend on which prompts came along
+                emb = self.model.encode_text(self.tokenizer([p]).to(self.device)).float()
+                self._text_cache[p] = F.normalize(emb, dim=-1)[0]
         return torch.stack([self._text_cache[p] for p in prompts])
 
     @torch.no_grad()

@@ -49,6 +49,11 @@ def test_each_schedule_is_what_generate_makes_with_its_exact_flops(explorer, com
         assert o.latency_ms > 0
     fastvar = comparison.outcomes[1]
     assert fastvar.flops_fraction == pytest.approx(0.347, abs=0.001)  # the README's figure
+    from generator.protocol import total_flops_fraction
+
+    for o in comparison.outcomes:  # the whole image's compute, VQ decoder included: more than the transformer's share
+        assert o.total_fraction == pytest.approx(total_flops_fraction(g, o.ratios), rel=1e-12)
+        assert o.total_fraction >= o.flops_fraction
 
 
 def _ratios_schedule(ratios):
@@ -77,7 +82,7 @@ def test_metrics_are_vs_original(explorer, comparison):
         assert o.ssim < 1.0 and math.isfinite(o.psnr)
         assert o.clip_delta == pytest.approx(o.clip_score - orig.clip_score)
     table = comparison.table_markdown()
-    assert "| FastVAR | 0.347 |" in table and "FLOPs frac" in table
+    assert f"| FastVAR | 0.347 | {comparison.outcomes[1].total_fraction:.3f} |" in table and "FLOPs frac" in table
     assert "**FLOPs**" in comparison.outcomes[1].metrics_markdown()
 
 
@@ -159,3 +164,35 @@ def test_a_budget_conditioned_agent_gets_the_sliders_budget_and_keeps_within_it(
     too_high = page_view(explorer, PROMPT, 0, [], "", str(run), budget=0.9)
     assert generate.main(["--prompt", PROMPT, "--agent", str(run), "--budget", "0.9", "--out", str(tmp_path / "g")]) == 2
     assert too_high.error == capsys.readouterr().err.strip() and "[0.25, 0.6]" in too_high.error
+
+
+def test_app_refuses_bad_options_before_serving(tmp_path, capsys):
+    import importlib.util
+
+    import app
+
+    assert app.main(["--run", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    if importlib.util.find_spec("gradio") is None:
+        assert err.strip() == 'error: the explorer page needs gradio: pip install -e ".[app]"'
+    else:
+        assert f"run directory {tmp_path / 'nope'} does not exist" in err
+        assert app.main(["--port", "0"]) == 2 and "--port must be in 1..65535, got 0" in capsys.readouterr().err
+        assert app.main(["--generator", "infinity"]) == 2
+        assert "--generator infinity needs --infinity-options FILE" in capsys.readouterr().err
+
+
+def test_domaineval_column_where_the_judge_exists(explorer):
+    """Wired behind an import check: runs once evaluation.judge and its weights are in the checkout."""
+    judge_module = pytest.importorskip("evaluation.judge", reason="evaluation.judge (DomainEval) is not in this checkout")
+    try:
+        judge = judge_module.DomainJudge.load()
+    except Exception as e:  # noqa: BLE001 - missing or unreadable weights: say which, and skip
+        pytest.skip(f"DomainEval judge weights do not load here: {type(e).__name__}: {e}")
+    with_judge = Explorer(explorer.generator, clip=explorer.clip, judge=judge, latency_repeats=1)
+    comparison = with_judge.compare(PROMPT, 3, requests_from_form(["FastVAR"], "", ""))
+    images = np.stack([o.image_HW3 for o in comparison.outcomes])
+    expected = judge.score(images, [PROMPT] * len(images))
+    for o, s in zip(comparison.outcomes, expected):
+        assert o.judge["attribute_accuracy"] == s.attribute_accuracy and o.judge["scene_accuracy"] == s.scene_accuracy
+    assert "attr acc" in comparison.table_markdown() and "**DomainEval**" in comparison.outcomes[1].metrics_markdown()

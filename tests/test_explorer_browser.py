@@ -41,7 +41,8 @@ def page_url():
     import app
     from evaluation.explorer import Explorer
 
-    demo = app.build_page(Explorer.build(latency_repeats=1), default_run="")
+    repeats = 5 if os.environ.get("EXPLORER_SCREENSHOT") else 1  # a screenshot's latencies: median of 5
+    demo = app.build_page(Explorer.build(latency_repeats=repeats), default_run="")
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
                 theme=app.page_theme())

@@ -1,0 +1,197 @@
+"""DomainEval's judge: its exact answers on renders of known content, the scoring rules, errors, training.
+
+The rendered-scene tests use the shipped weights (weights/judge.safetensors): they fail if the judge
+misreads one of these images, or if the scoring arithmetic is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from domain import ObjectSpec, Scene, caption, parse_caption, render, render_prompt
+from evaluation.judge import (ATTRIBUTES, CELLS, JUDGE_WEIGHTS, DomainJudge, JudgeScore, main, score_scene,
+                              skip_after_middle_ratios)
+from generator.weights_io import WeightsError, read_metadata
+
+# three scenes of known content: 1, 2 and 3 objects, every background kind, several textures and sizes
+PROMPTS = [
+    "a large red solid circle in the centre on a plain gray background",
+    "a medium blue striped square at the top left and a small yellow solid star at the bottom right "
+    "on a gradient navy background",
+    "a large green checkered diamond on the left, a medium white outlined ring at the top right and "
+    "a medium orange dotted triangle at the bottom on a noisy brown background",
+]
+
+
+@pytest.fixture(scope="module")
+def judge() -> DomainJudge:
+    torch.set_num_threads(2)
+    return DomainJudge.load()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.stack([render_prompt(p, seed=11 + i) for i, p in enumerate(PROMPTS)])
+
+
+def _checks(prompt: str) -> int:
+    return 5 * len(parse_caption(prompt).objects) + 2
+
+
+def test_a_render_of_a_prompt_is_fully_right_for_that_prompt(judge, images):
+    for p, s, seen in zip(PROMPTS, judge.score(images, PROMPTS), judge.predict(images)):
+        assert s.attribute_accuracy == 1.0 and s.scene_accuracy == 1.0, (p, caption(seen))
+        assert s.per_attribute == {a: 1.0 for a in ATTRIBUTES}
+        want = parse_caption(p)
+        # predict() reads the whole scene back (objects in grid order)
+        assert seen == Scene(tuple(sorted(want.objects, key=lambda o: CELLS.index(o.position))), want.background,
+                             want.background_colour)
+
+
+def test_one_wrong_colour_costs_exactly_one_check_and_the_scene(judge, images):
+    for i, p in enumerate(PROMPTS):
+        sc = parse_caption(p)
+        o = sc.objects[-1]
+        other = "purple" if o.colour != "purple" else "pink"
+        wrong = caption(Scene(sc.objects[:-1] + (ObjectSpec(o.shape, other, o.size, o.position, o.texture),),
+                              sc.background, sc.background_colour))
+        s = judge.score(images[i:i + 1], [wrong])[0]
+        n, k = _checks(p), len(sc.objects)
+        assert s.attribute_accuracy == (n - 1) / n
+        assert s.per_attribute["colour"] == (k - 1) / k < 1.0
+        assert all(s.per_attribute[a] == 1.0 for a in ATTRIBUTES if a != "colour")
+        assert s.scene_accuracy == 0.0
+
+
+def test_an_object_named_at_an_empty_cell_fails_position_and_its_four_attributes(judge, images):
+    sc = parse_caption(PROMPTS[1])  # objects at top left and bottom right; the centre is empty
+    moved = caption(Scene((sc.objects[0], ObjectSpec(**{**sc.objects[1].__dict__, "position": "centre"})),
+                          sc.background, sc.background_colour))
+    s = judge.score(images[1:2], [moved])[0]
+    assert s.per_attribute["position"] == 0.5
+    assert all(s.per_attribute[a] == 0.5 for a in ("shape", "colour", "texture", "size"))
+    assert s.per_attribute["background"] == 1.0
+    assert s.attribute_accuracy == 7 / 12 and s.scene_accuracy == 0.0
+
+
+def test_an_extra_object_fails_the_scene_but_no_attribute_check(judge, images):
+    sc = parse_caption(PROMPTS[2])
+    fewer = caption(Scene(sc.objects[:2], sc.background, sc.background_colour))  # the image has a third object
+    s = judge.score(images[2:3], [fewer])[0]
+    assert s.attribute_accuracy == 1.0 and s.per_attribute == {a: 1.0 for a in ATTRIBUTES}
+    assert s.scene_accuracy == 0.0
+
+
+def test_scoring_is_deterministic_and_independent_of_the_batch(judge, images):
+    one_by_one = [judge.score(images[i:i + 1], [p])[0] for i, p in enumerate(PROMPTS)]
+    assert judge.score(images, PROMPTS) == one_by_one == judge.score(images, PROMPTS)
+    lg_batch, lg_single = judge.logits(images), judge.logits(images[1:2])
+    assert torch.allclose(lg_batch["shape"][1], lg_single["shape"][0], atol=1e-5)
+
+
+def test_score_scene_arithmetic_on_constructed_scenes():
+    a = ObjectSpec("circle", "red", "large", "centre", "solid")
+    b = ObjectSpec("star", "blue", "small", "top left", "dotted")
+    prompt = Scene((a, b), "plain", "gray")
+    assert score_scene(prompt, prompt) == JudgeScore(1.0, 1.0, {x: 1.0 for x in ATTRIBUTES})
+    # nothing seen, wrong background colour: only the background kind holds
+    s = score_scene(Scene((), "plain", "navy"), prompt)
+    assert s.attribute_accuracy == 1 / 12 and s.scene_accuracy == 0.0
+    assert s.per_attribute == {**{x: 0.0 for x in ATTRIBUTES[:5]}, "background": 0.5}
+    # b seen with the wrong shape and size: 2 of 12 checks fail
+    seen = Scene((a, ObjectSpec("ring", "blue", "medium", "top left", "dotted")), "plain", "gray")
+    s = score_scene(seen, prompt)
+    assert s.attribute_accuracy == 10 / 12 and s.per_attribute["shape"] == s.per_attribute["size"] == 0.5
+
+
+def test_a_prompt_outside_the_grammar_names_the_first_bad_word(judge, images):
+    with pytest.raises(ValueError, match="'mauve'"):
+        judge.score(images[:1], ["a large mauve solid circle in the centre on a plain gray background"])
+    with pytest.raises(ValueError, match="3 images but 1 prompts"):
+        judge.score(images, PROMPTS[:1])
+    with pytest.raises(ValueError, match="uint8"):
+        judge.predict(images.astype(np.float32))
+
+
+def test_missing_or_corrupt_weights_name_the_file_and_the_script(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(WeightsError, match=r"nope\.safetensors.*not found.*scripts/train_judge\.py"):
+        DomainJudge.load(missing)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError, match=r"bad\.safetensors.*corrupt.*scripts/train_judge\.py"):
+        DomainJudge.load(bad)
+
+
+def test_shipped_weights_are_small_and_say_how_they_were_trained():
+    assert JUDGE_WEIGHTS.stat().st_size <= 5_000_000
+    meta = read_metadata(JUDGE_WEIGHTS)
+    assert meta["judge_config"] and meta["steps"] > 0
+    assert all(meta["validation_accuracy"][a] >= 0.97 for a in ATTRIBUTES)
+
+
+def test_skip_after_middle_is_the_model_cards_heavy_skip():
+    from embedded.model_card import heavy_skip_ratios
+
+    assert all(skip_after_middle_ratios(n) == heavy_skip_ratios(n) for n in range(1, 13))
+
+
+def test_per_image_clip_hits_average_to_clip_retrieval_r1():
+    from domain import sample_batch
+    from evaluation.judge import clip_retrieval_hits
+    from rewards.clip_model import clip_retrieval_r1, create_embedded_clip
+
+    model, _, tok = create_embedded_clip()
+    imgs, caps = sample_batch(5, 40)
+    imgs[:8] = imgs[8:16].copy()  # some images that do not show their caption
+    hits = clip_retrieval_hits(model, tok, imgs, caps)
+    assert hits.dtype == bool and hits.shape == (40,)
+    assert hits.mean() == clip_retrieval_r1(model, tok, imgs, caps)
+
+
+def test_train_judge_writes_loadable_weights_and_resumes(tmp_path):
+    from scripts import train_judge
+
+    torch.set_num_threads(2)
+    out, ckpt = tmp_path / "j.safetensors", tmp_path / "ckpt"
+    common = ["--device", "cpu", "--workers", "0", "--batch-size", "8", "--out", str(out), "--ckpt-dir", str(ckpt),
+              "--ckpt-every", "1", "--eval-every", "0", "--eval-n", "16", "--widths", "8,8,8,8", "--hidden", "16"]
+    train_judge.main(common + ["--steps", "2"])
+    assert read_metadata(out)["steps"] == 2 and torch.load(ckpt / "last.pt", weights_only=True)["step"] == 2
+    j = DomainJudge.load(out)
+    assert len(j.predict(render_prompt(PROMPTS[0], 0)[None])) == 1
+    train_judge.main(common + ["--steps", "3", "--resume"])
+    assert read_metadata(out)["steps"] == 3  # continued from step 2, not restarted
+    with pytest.raises(SystemExit, match="widths"):  # another shape cannot silently resume this checkpoint
+        train_judge.main([*common[:-4], "--widths", "8,8,8,16", "--hidden", "16", "--steps", "4", "--resume"])
+
+
+def test_cli_end_to_end_on_two_prompts(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "j.json"
+    assert main(["--json", str(out), "--num-prompts", "2", "--seeds", "0", "--num-renders", "20"]) == 0
+    r = json.loads(out.read_text())
+    for name in ("render", "generated", "fastvar", "skip_after_middle"):
+        for m in ("attribute_accuracy", "scene_accuracy"):
+            assert 0.0 <= r[f"{name}_{m}"] <= 1.0
+    assert set(r["render_per_attribute"]) == set(ATTRIBUTES)
+    assert r["generated_flops_fraction"] == 1.0 > r["fastvar_flops_fraction"] > r["skip_after_middle_flops_fraction"]
+    assert r["clip_vs_judge"]["all"]["num_images"] == 6
+    t = r["clip_vs_judge"]["all"]
+    cells = ("clip_right_judge_right", "clip_right_judge_wrong", "clip_wrong_judge_right", "clip_wrong_judge_wrong")
+    assert math.isclose(sum(t[k] for k in cells), 1.0)
+    assert r["monotone_attribute_accuracy"] in ("strict", "non-strict", "no")
+    assert "DomainEval" in capsys.readouterr().out
+
+
+def test_cli_rejects_duplicate_seeds_and_missing_weights(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--seeds", "0", "1", "0"])
+    assert e.value.code == 2 and "duplicates [0]" in capsys.readouterr().err
+    assert main(["--weights", str(tmp_path / "none.safetensors"), "--num-prompts", "1"]) == 2
+    assert "none.safetensors not found" in capsys.readouterr().err
