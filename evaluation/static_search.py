@@ -175,9 +175,15 @@ class QualityScorer:
                                             .double().numpy() for i in range(0, len(self.prompts), 256)])
 
     def identity(self) -> dict:
-        """What the scores depend on besides the images (part of the cache key)."""
-        clip = None if self.rfn.clip is None else getattr(self.rfn.clip, "name", type(self.rfn.clip).__name__)
-        return {"reward": self.rfn.config.to_dict(), "clip": str(clip), "lpips": self.rfn.lpips is not None}
+        """What the scores depend on besides the images (part of the cache key): the reward weights and
+        the CLIP / LPIPS models (name and a fingerprint of their weights)."""
+        ident = {"reward": self.rfn.config.to_dict(), "clip": None, "lpips": None}
+        if self.rfn.clip is not None:
+            ident["clip"] = f"{getattr(self.rfn.clip, 'name', type(self.rfn.clip).__name__)}:" \
+                            f"{module_fingerprint(getattr(self.rfn.clip, 'model', None))}"
+        if self.rfn.lpips is not None:
+            ident["lpips"] = module_fingerprint(getattr(self.rfn.lpips, "model", self.rfn.lpips))
+        return ident
 
     @torch.no_grad()
     def __call__(self, images_B3HW: torch.Tensor, sl: slice) -> dict[str, np.ndarray]:
@@ -202,6 +208,18 @@ class QualityScorer:
 
 
 # ---- on-disk cache ----------------------------------------------------------------------------------
+
+def module_fingerprint(module) -> str:
+    """Parameter count and two float64 sums of a torch module's weights (tells checkpoints apart)."""
+    if not isinstance(module, torch.nn.Module):
+        return type(module).__name__
+    with torch.no_grad():
+        ps = [p.detach().double() for p in module.parameters()]
+        n = sum(p.numel() for p in ps)
+        s1 = sum(float(p.sum()) for p in ps)
+        s2 = sum(float((p * p).sum()) for p in ps)
+    return f"{n}:{s1:.12e}:{s2:.12e}"
+
 
 class GridCache:
     """Per-item metrics of static schedules on one item set, one ``.npz`` per (generator fingerprint,
