@@ -274,6 +274,7 @@ def compare_mode(args, suite) -> int:
 
     # ---- static baselines: grid on validation, frontier, oracle on test ----
     static = None
+    static_rows: dict[str, tuple[str, str]] = {}  # method name -> (kind, target label)
     if args.static_search:
         static = build_static_baselines(generator, first, targets, val_items, items, refs, rfn, domain,
                                         skip_threshold=env0.skip_threshold, refine_rounds=args.refine_rounds,
@@ -284,6 +285,7 @@ def compare_mode(args, suite) -> int:
             suffix = "" if (len(runs) == 1 and label.startswith("rl:")) else (
                 f":{label[3:]}" if label.startswith("rl:") else f"@{label}")
             name = "best_static" + suffix
+            static_rows[name] = ("best_static", label)
             results[name] = generate_method(Method(name, res.schedule))
             meta[name] = Method(name, kind="best_static", note=f"{res.schedule.describe(widths)}; chosen on "
                                 f"{len(val_items)} validation images by quality at total FLOPs <= "
@@ -291,6 +293,7 @@ def compare_mode(args, suite) -> int:
             if label in static.oracle:
                 per_prompt = static.oracle[label]
                 oname = "oracle" + suffix
+                static_rows[oname] = ("oracle", label)
                 results[oname] = generate_method(Method(oname, per_image=lambda i, pp=per_prompt: pp[items[i][0]]))
                 meta[oname] = Method(oname, kind="oracle", note=f"UPPER BOUND: per test prompt, the grid schedule with "
                                      f"total FLOPs <= {res.target_total_fraction:.3f} that is best on that prompt's own "
@@ -352,6 +355,15 @@ def compare_mode(args, suite) -> int:
             summary["static_search"][label] = res.to_dict(widths)
         for label, pp in static.oracle.items():
             summary["static_search"][label]["oracle_schedules_used"] = len(set(pp.values()))
+        for name, (kind, label) in static_rows.items():  # the evidence next to the row it supports
+            res = static.search[label]
+            if kind == "best_static":
+                summary["methods"][name]["search"] = summary["static_search"][label]
+            else:
+                summary["methods"][name]["oracle"] = {
+                    "target_total_fraction": res.target_total_fraction, "chosen_on": "each test prompt's own test images",
+                    "candidates": static.info["oracle_candidates"][label],
+                    "distinct_schedules_used": len(set(static.oracle[label].values())), "upper_bound": True}
         for s, tot, vq in static.frontier:
             t = static.test_results.get(s)
             tf = generator.flops_fraction(list(s.ratios), s.unconditional_flags(

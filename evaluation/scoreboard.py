@@ -227,7 +227,8 @@ def build_static_baselines(generator, first: int, targets: dict[str, float], val
     val_scorer = QualityScorer(reward_fn, refs_val, [p for p, _ in val_items])
     val_eval = GridEvaluator(generator, val_items, [val_scorer], batch_size=batch_size,
                              cache=GridCache(cache_dir, generator.fingerprint(), val_items, val_scorer.identity()))
-    val_q = dict(zip(fits, val_eval.mean_quality(fits)))
+    val_res = val_eval.evaluate(fits, label="static schedules on the validation items")
+    val_q = {s: float(np.nanmean(val_res[s]["quality"])) for s in fits}
     searches = {}
     guided = guided_scales(generator)
     for label, target in targets.items():
@@ -254,15 +255,16 @@ def build_static_baselines(generator, first: int, targets: dict[str, float], val
     if oracle:
         wanted = fits + wanted
     test_results = test_eval.evaluate(wanted, label="static schedules on the test items")
-    oracles = {}
+    oracles, candidates = {}, {}
     if oracle:
         q = {s: test_results[s]["quality"] for s in fits}
         for label, target in targets.items():
             oracles[label] = per_prompt_oracle(q, test_items, fits=lambda s, t=target: flops.total(s) <= t + 1e-12)
+            candidates[label] = sum(1 for s in fits if flops.total(s) <= target + 1e-12)
     info = {"grid_ratios": list(grid_ratios), "grid_size": len(grid), "grid_fitting_largest_target": len(fits), "largest_target_total_fraction": top,
             "val_items": len(val_items), "val_schedules_generated": val_eval.generated, "val_seconds": round(t_val, 1),
             "test_schedules": len(set(wanted)), "test_schedules_generated": test_eval.generated,
-            "test_seconds": round(time.time() - t1, 1),
+            "test_seconds": round(time.time() - t1, 1), "oracle_candidates": candidates,
             "cache": None if cache_dir is None else str(cache_dir)}
     return StaticBaselines(searches, frontier, oracles, test_results, info)
 
