@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budget", type=float, default=None, help="FLOPs budget for budget-conditioned runs (fraction of "
                    "the unpruned transformer FLOPs; default: FastVAR's)")
     c.add_argument("--judge-weights", type=Path, default=None, help="DomainEval judge weights (default: the shipped file)")
+    c.add_argument("--batch-size", type=int, default=100, help="images generated together (every method, the grid)")
+    c.add_argument("--latency-images", type=int, default=24, help="items per method timed again alone at batch 1 "
+                   "(as deployed) for the latency column (0 = none)")
     c.add_argument("--grid-prompts", type=int, default=6)
     c.add_argument("--out", type=Path, default=None)
     f = ap.add_argument_group("folder mode")
@@ -79,6 +82,8 @@ def check_compare_args(args) -> None:
     check_positive("--num-prompts", args.num_prompts)
     check_positive("--search-num-prompts", args.search_num_prompts)
     check_non_negative("--refine-rounds", args.refine_rounds)
+    check_positive("--batch-size", args.batch_size)
+    check_non_negative("--latency-images", args.latency_images)
     from evaluation.metrics import check_unique
 
     check_unique(f"seeds in --seeds {' '.join(map(str, args.seeds))}", args.seeds)
@@ -137,20 +142,39 @@ class Method:
     def schedule_for(self, index: int):
         return self._per_image(index) if self._per_image is not None else self._schedule
 
+    def batch_schedule(self, indices: list[int]):
+        """One schedule for a batch of items: the shared one, or each item's own (per-image decisions)."""
+        if self._per_image is None:
+            return self._schedule
+        from generator.schedules import PerImageSchedules
 
-def run_method(generator, method: Method, items: list[tuple[str, int]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """Generate every (prompt, seed) at batch 1 (as deployed), timing each image."""
+        return PerImageSchedules(tuple(self._per_image(i) for i in indices))
+
+
+def run_method(generator, method: Method, items: list[tuple[str, int]], batch_size: int = 100,
+               latency_images: int = 24) -> tuple[list[torch.Tensor], list[dict]]:
+    """Generate every (prompt, seed) in batches of ``batch_size`` (per-image decisions where the method
+    has them: a trained agent, a per-prompt oracle, random schedules); then time the first
+    ``latency_images`` items again alone at batch 1 (as deployed) for the latency column."""
     from evaluation.scoreboard import state_record
-    from generate import run_one
+    from generate import run_batch, run_one
 
     images, recs = [], []
-    for i, (p, s) in enumerate(items):
+    for lo in range(0, len(items), batch_size):
+        idx = list(range(lo, min(len(items), lo + batch_size)))
+        sched = method.batch_schedule(idx)
+        if hasattr(sched, "bind"):
+            sched.bind(None)
+        imgs, state, _ = run_batch(generator, sched, [items[i][0] for i in idx], [items[i][1] for i in idx])
+        for b in range(len(idx)):
+            images.append(imgs[b])
+            recs.append(state_record(generator, state, None, b))
+    for i in range(min(latency_images, len(items))):
         sched = method.schedule_for(i)
         if hasattr(sched, "bind"):
             sched.bind(None)
-        img, state, latency = run_one(generator, sched, p, s, None)
-        images.append(img)
-        recs.append(state_record(generator, state, latency))
+        _, _, latency = run_one(generator, sched, items[i][0], items[i][1], None)
+        recs[i]["latency_ms"] = 1000 * latency
     return images, recs
 
 
@@ -217,14 +241,17 @@ def compare_mode(args, suite) -> int:
     def log(msg: str) -> None:
         print(f"[{time.time() - t_start:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
-    # ---- fixed schedules and the agents, at batch 1 (as deployed, timed) ----
+    def generate_method(method: Method):
+        return run_method(generator, method, items, args.batch_size, args.latency_images)
+
+    # ---- fixed schedules and the agents (batched; the first --latency-images items also timed alone) ----
     methods: list[Method] = [Method("original", OriginalSchedule(), note="no pruning"),
                              Method("fastvar", FastVARSchedule(), note=FastVARSchedule().describe(widths)),
                              Method("tail", TailPatternSchedule(), note=TailPatternSchedule().describe(widths))]
     results: dict[str, tuple[list, list]] = {}
     meta: dict[str, Method] = {}
     for m in methods:
-        results[m.name] = run_method(generator, m, items)
+        results[m.name] = generate_method(m)
         meta[m.name] = m
     log(f"original, fastvar, tail: {len(items)} images each")
     refs = torch.stack(results["original"][0])
@@ -239,7 +266,7 @@ def compare_mode(args, suite) -> int:
             raise ValueError(f"--budget {args.budget} given but {run} is not budget-conditioned")
         budgets[rl] = budget
         agent = load_agent_schedule(run, generator, clip=clip_for_agent(env_cfg, args, suite), budget=budget)
-        results[rl] = run_method(generator, Method(rl, agent), items)
+        results[rl] = generate_method(Method(rl, agent))
         meta[rl] = Method(rl, kind="rl", note=f"{run}" + ("" if budget is None else f", budget {budget:.3f}"))
         targets[rl] = float(np.mean([r["total_flops_fraction"] for r in results[rl][1]]))
         log(f"{rl}: {len(items)} images, mean total FLOPs fraction {targets[rl]:.4f}")
@@ -247,6 +274,7 @@ def compare_mode(args, suite) -> int:
 
     # ---- static baselines: grid on validation, frontier, oracle on test ----
     static = None
+    static_rows: dict[str, tuple[str, str]] = {}  # method name -> (kind, target label)
     if args.static_search:
         static = build_static_baselines(generator, first, targets, val_items, items, refs, rfn, domain,
                                         skip_threshold=env0.skip_threshold, refine_rounds=args.refine_rounds,
@@ -257,14 +285,16 @@ def compare_mode(args, suite) -> int:
             suffix = "" if (len(runs) == 1 and label.startswith("rl:")) else (
                 f":{label[3:]}" if label.startswith("rl:") else f"@{label}")
             name = "best_static" + suffix
-            results[name] = run_method(generator, Method(name, res.schedule), items)
+            static_rows[name] = ("best_static", label)
+            results[name] = generate_method(Method(name, res.schedule))
             meta[name] = Method(name, kind="best_static", note=f"{res.schedule.describe(widths)}; chosen on "
                                 f"{len(val_items)} validation images by quality at total FLOPs <= "
                                 f"{res.target_total_fraction:.3f} ({label})")
             if label in static.oracle:
                 per_prompt = static.oracle[label]
                 oname = "oracle" + suffix
-                results[oname] = run_method(generator, Method(oname, per_image=lambda i, pp=per_prompt: pp[items[i][0]]), items)
+                static_rows[oname] = ("oracle", label)
+                results[oname] = generate_method(Method(oname, per_image=lambda i, pp=per_prompt: pp[items[i][0]]))
                 meta[oname] = Method(oname, kind="oracle", note=f"UPPER BOUND: per test prompt, the grid schedule with "
                                      f"total FLOPs <= {res.target_total_fraction:.3f} that is best on that prompt's own "
                                      f"test images (by quality)")
@@ -275,7 +305,7 @@ def compare_mode(args, suite) -> int:
         rand = [RatioListSchedule(tuple(random_schedule_at(generator, target_t, first, rng, env_cfg.skip_threshold)))
                 for _ in items]
         name = "random" + ("" if len(runs) == 1 else f":{labels[run]}")
-        results[name] = run_method(generator, Method(name, per_image=lambda i, rand=rand: rand[i]), items)
+        results[name] = generate_method(Method(name, per_image=lambda i, rand=rand: rand[i]))
         meta[name] = Method(name, kind="random", note=f"uniform random ratios per image at {rl}'s transformer FLOPs")
     log("all methods generated")
 
@@ -300,7 +330,7 @@ def compare_mode(args, suite) -> int:
         rows += mrows
         per_method[name] = mrows
     summary = {"runs": [str(r) for r in runs], "prompts": args.prompts, "num_prompts": len(prompts), "seeds": args.seeds,
-               "num_images": len(items), "search_prompts": args.search_prompts, "search_items": len(val_items),
+               "num_images": len(items), "latency_images": min(args.latency_images, len(items)), "search_prompts": args.search_prompts, "search_items": len(val_items),
                "unavailable": suite.unavailable(), "flops_full": generator.flops_full(),
                "decode_flops": generator.decode_flops(), "text_flops": generator.text_flops(),
                "domain_eval": "available" if domain.available else domain.why,
@@ -325,6 +355,15 @@ def compare_mode(args, suite) -> int:
             summary["static_search"][label] = res.to_dict(widths)
         for label, pp in static.oracle.items():
             summary["static_search"][label]["oracle_schedules_used"] = len(set(pp.values()))
+        for name, (kind, label) in static_rows.items():  # the evidence next to the row it supports
+            res = static.search[label]
+            if kind == "best_static":
+                summary["methods"][name]["search"] = summary["static_search"][label]
+            else:
+                summary["methods"][name]["oracle"] = {
+                    "target_total_fraction": res.target_total_fraction, "chosen_on": "each test prompt's own test images",
+                    "candidates": static.info["oracle_candidates"][label],
+                    "distinct_schedules_used": len(set(static.oracle[label].values())), "upper_bound": True}
         for s, tot, vq in static.frontier:
             t = static.test_results.get(s)
             tf = generator.flops_fraction(list(s.ratios), s.unconditional_flags(

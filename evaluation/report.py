@@ -59,7 +59,8 @@ def markdown_table(summary: dict) -> str:
                  f"(attribute accuracy, scene accuracy; {summary['domain_eval']}). "
                  f"transformer FLOPs = fraction of the unpruned transformer FLOPs (what the env's reward counts); "
                  f"total FLOPs = fraction of the unpruned image's whole compute (transformer + VQ decoder + text encoder). "
-                 f"PSNR/SSIM/LPIPS vs Original (Original's PSNR is inf). quality = the reward's quality terms only "
+                 f"latency ms: one image alone (batch 1, as deployed), the first {summary.get('latency_images', 'n/a')} items "
+                 f"of each method. PSNR/SSIM/LPIPS vs Original (Original's PSNR is inf). quality = the reward's quality terms only "
                  f"(no FLOPs bonus, no budget penalty); reward (run's) = the run's episode reward, for reference.")
     for name, m in summary["methods"].items():
         if m.get("note"):

@@ -66,10 +66,12 @@ class DomainEval:
             from evaluation import judge as judge_mod
         except ImportError as e:
             return cls(None, f"unavailable: the judge module is not installed here ({e})")
+        from generator.weights_io import WeightsError
+
         try:
             weights = path if path is not None else judge_mod.JUDGE_WEIGHTS
             return cls(judge_mod.DomainJudge.load(weights, device="cpu"), "")
-        except FileNotFoundError as e:
+        except (FileNotFoundError, WeightsError) as e:
             if path is not None:  # an explicit path that does not work is an error, not a silent gap
                 raise
             return cls(None, f"unavailable: {e}")
@@ -97,7 +99,10 @@ class DomainEval:
 
 
 class TestPassScorer:
-    """Per-image DomainEval scorer for the grid's test pass (``GridEvaluator`` scorer signature)."""
+    """Per-image DomainEval scorer for the grid's test pass (``GridEvaluator`` scorer signature).
+    (Not a test: ``__test__`` keeps pytest from collecting it.)"""
+
+    __test__ = False
 
     def __init__(self, domain: DomainEval, prompts: list[str]) -> None:
         self.domain, self.prompts = domain, prompts
@@ -108,13 +113,16 @@ class TestPassScorer:
 
 # ---- per-image records ------------------------------------------------------------------------------
 
-def state_record(generator, state, latency_s: float) -> dict:
-    """FLOPs (transformer and total) and decisions of one generated image."""
-    return {"ratios": [r.ratio for r in state.reports],
+def state_record(generator, state, latency_s: float | None, b: int = 0) -> dict:
+    """FLOPs (transformer and total) and decisions of image ``b`` of a generated state."""
+    reps = state.image_reports(b)
+    used = state.flops_used_per_image[b]
+    return {"ratios": [r.ratio for r in reps],
             "dropped_cfg": [(not r.unconditional) and (not r.skipped) and bool(generator.uses_unconditional(r.scale_index))
-                            for r in state.reports],
-            "flops": state.flops_used, "flops_fraction": state.flops_used / generator.flops_full(),
-            "total_flops_fraction": total_fraction_of_used(generator, state.flops_used), "latency_ms": 1000 * latency_s}
+                            for r in reps],
+            "flops": used, "flops_fraction": used / generator.flops_full(),
+            "total_flops_fraction": total_fraction_of_used(generator, used),
+            "latency_ms": None if latency_s is None else 1000 * latency_s}
 
 
 def reward_of(reward_config, quality: float, transformer_fraction: float, budget: float | None) -> float:
@@ -219,7 +227,8 @@ def build_static_baselines(generator, first: int, targets: dict[str, float], val
     val_scorer = QualityScorer(reward_fn, refs_val, [p for p, _ in val_items])
     val_eval = GridEvaluator(generator, val_items, [val_scorer], batch_size=batch_size,
                              cache=GridCache(cache_dir, generator.fingerprint(), val_items, val_scorer.identity()))
-    val_q = dict(zip(fits, val_eval.mean_quality(fits)))
+    val_res = val_eval.evaluate(fits, label="static schedules on the validation items")
+    val_q = {s: float(np.nanmean(val_res[s]["quality"])) for s in fits}
     searches = {}
     guided = guided_scales(generator)
     for label, target in targets.items():
@@ -235,8 +244,10 @@ def build_static_baselines(generator, first: int, targets: dict[str, float], val
     scorers = [QualityScorer(reward_fn, test_refs_B3HW, test_prompts)]
     scorer_id = scorers[0].identity()
     if domain.available:
+        from evaluation.static_search import module_fingerprint
+
         scorers.append(TestPassScorer(domain, test_prompts))
-        scorer_id = {**scorer_id, "domain": True}
+        scorer_id = {**scorer_id, "domain": module_fingerprint(getattr(domain.judge, "net", domain.judge))}
     test_eval = GridEvaluator(generator, test_items, scorers, batch_size=batch_size,
                               cache=GridCache(cache_dir, generator.fingerprint(), test_items, scorer_id))
     t1 = time.time()
@@ -244,15 +255,16 @@ def build_static_baselines(generator, first: int, targets: dict[str, float], val
     if oracle:
         wanted = fits + wanted
     test_results = test_eval.evaluate(wanted, label="static schedules on the test items")
-    oracles = {}
+    oracles, candidates = {}, {}
     if oracle:
         q = {s: test_results[s]["quality"] for s in fits}
         for label, target in targets.items():
             oracles[label] = per_prompt_oracle(q, test_items, fits=lambda s, t=target: flops.total(s) <= t + 1e-12)
+            candidates[label] = sum(1 for s in fits if flops.total(s) <= target + 1e-12)
     info = {"grid_ratios": list(grid_ratios), "grid_size": len(grid), "grid_fitting_largest_target": len(fits), "largest_target_total_fraction": top,
             "val_items": len(val_items), "val_schedules_generated": val_eval.generated, "val_seconds": round(t_val, 1),
             "test_schedules": len(set(wanted)), "test_schedules_generated": test_eval.generated,
-            "test_seconds": round(time.time() - t1, 1),
+            "test_seconds": round(time.time() - t1, 1), "oracle_candidates": candidates,
             "cache": None if cache_dir is None else str(cache_dir)}
     return StaticBaselines(searches, frontier, oracles, test_results, info)
 

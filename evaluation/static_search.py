@@ -175,9 +175,15 @@ class QualityScorer:
                                             .double().numpy() for i in range(0, len(self.prompts), 256)])
 
     def identity(self) -> dict:
-        """What the scores depend on besides the images (part of the cache key)."""
-        clip = None if self.rfn.clip is None else getattr(self.rfn.clip, "name", type(self.rfn.clip).__name__)
-        return {"reward": self.rfn.config.to_dict(), "clip": str(clip), "lpips": self.rfn.lpips is not None}
+        """What the scores depend on besides the images (part of the cache key): the reward weights and
+        the CLIP / LPIPS models (name and a fingerprint of their weights)."""
+        ident = {"reward": self.rfn.config.to_dict(), "clip": None, "lpips": None}
+        if self.rfn.clip is not None:
+            ident["clip"] = f"{getattr(self.rfn.clip, 'name', type(self.rfn.clip).__name__)}:" \
+                            f"{module_fingerprint(getattr(self.rfn.clip, 'model', None))}"
+        if self.rfn.lpips is not None:
+            ident["lpips"] = module_fingerprint(getattr(self.rfn.lpips, "model", self.rfn.lpips))
+        return ident
 
     @torch.no_grad()
     def __call__(self, images_B3HW: torch.Tensor, sl: slice) -> dict[str, np.ndarray]:
@@ -202,6 +208,18 @@ class QualityScorer:
 
 
 # ---- on-disk cache ----------------------------------------------------------------------------------
+
+def module_fingerprint(module) -> str:
+    """Parameter count and two float64 sums of a torch module's weights (tells checkpoints apart)."""
+    if not isinstance(module, torch.nn.Module):
+        return type(module).__name__
+    with torch.no_grad():
+        ps = [p.detach().double() for p in module.parameters()]
+        n = sum(p.numel() for p in ps)
+        s1 = sum(float(p.sum()) for p in ps)
+        s2 = sum(float((p * p).sum()) for p in ps)
+    return f"{n}:{s1:.12e}:{s2:.12e}"
+
 
 class GridCache:
     """Per-item metrics of static schedules on one item set, one ``.npz`` per (generator fingerprint,
@@ -265,26 +283,27 @@ class GridEvaluator:
         if todo:
             t0 = time.time()
             n = len(self.items)
-            acc: dict[StaticSchedule, dict[str, np.ndarray]] = {}
-
-            def on_leaf(s: StaticSchedule, sl: slice, images: torch.Tensor) -> None:
-                row = acc.setdefault(s, {})
-                for scorer in self.scorers:
-                    for m, v in scorer(images, sl).items():
-                        row.setdefault(m, np.full(n, np.nan))[sl] = v
-
             bar = _progress_bar(len(todo) * -(-n // self.batch_size), label)
-            run_prefix_tree(self.generator, self.items, todo, on_leaf, self.batch_size,
-                            progress=None if bar is None else bar.update)
+            for group in _prefix_groups(todo):
+                acc: dict[StaticSchedule, dict[str, np.ndarray]] = {}
+
+                def on_leaf(s: StaticSchedule, sl: slice, images: torch.Tensor) -> None:
+                    row = acc.setdefault(s, {})
+                    for scorer in self.scorers:
+                        for m, v in scorer(images, sl).items():
+                            row.setdefault(m, np.full(n, np.nan))[sl] = v
+
+                run_prefix_tree(self.generator, self.items, group, on_leaf, self.batch_size,
+                                progress=None if bar is None else bar.update)
+                for s in group:
+                    out[s] = acc[s]
+                    if self.cache is not None:
+                        self.cache.put(s, acc[s])
+                if self.cache is not None:  # after every group: an interrupted run keeps what it finished
+                    self.cache.save()
+                self.generated += len(group)
             if bar is not None:
                 bar.close()
-            for s in todo:
-                out[s] = acc[s]
-                if self.cache is not None:
-                    self.cache.put(s, acc[s])
-            if self.cache is not None:
-                self.cache.save()
-            self.generated += len(todo)
             self.seconds += time.time() - t0
         return out
 
@@ -292,6 +311,22 @@ class GridEvaluator:
         """Mean QUALITY over the items of each schedule (the search objective)."""
         res = self.evaluate(schedules)
         return np.asarray([float(np.nanmean(res[s]["quality"])) for s in schedules])
+
+
+def _prefix_groups(schedules: list[StaticSchedule]) -> list[list[StaticSchedule]]:
+    """Split schedules by their option at the first scale where they differ: each group still shares
+    every scale before that one and is generated (and cached) in one prefix-tree pass."""
+    if len(schedules) <= 1:
+        return [list(schedules)]
+    n = len(schedules[0].ratios)
+    for k in range(n):
+        opts = {(s.ratios[k], s.drop_uncond[k]) for s in schedules}
+        if len(opts) > 1:
+            groups: dict = {}
+            for s in schedules:
+                groups.setdefault((s.ratios[k], s.drop_uncond[k]), []).append(s)
+            return list(groups.values())
+    return [list(schedules)]
 
 
 def _progress_bar(total: int, label: str):

@@ -110,6 +110,25 @@ class StaticSchedule:
 
 
 @dataclass(frozen=True)
+class PerImageSchedules:
+    """A batch in which image b follows its own state-independent schedule ``schedules[b]``: per-image
+    ratios (and CFG-drop flags) for ``run_schedule`` and ``PerScaleGenerator.step``."""
+
+    schedules: tuple
+    name: str = "per_image"
+
+    def ratio(self, scale_index: int, num_scales: int, state: Any | None = None) -> list[float]:
+        return [float(s.ratio(scale_index, num_scales, None)) for s in self.schedules]
+
+    def drop_unconditional(self, scale_index: int, num_scales: int, state: Any | None = None) -> list[bool]:
+        out = []
+        for s in self.schedules:
+            drop = getattr(s, "drop_unconditional", None)
+            out.append(bool(drop(scale_index, num_scales, None)) if drop is not None else False)
+        return out
+
+
+@dataclass(frozen=True)
 class WidthRatioSchedule:
     """The user's ``pruning_scales`` string, keyed by token-map width: ``"32:0.4,40:0.5"``.
 

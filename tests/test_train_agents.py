@@ -159,7 +159,9 @@ def test_evaluate_agent_compare_mode_on_a_run(trained, tmp_path, capsys):
     assert best["total_fraction"] <= rl["total_flops_fraction"]["mean"] + 1e-9
     assert best["grid_size"] == 3 ** 4 and best["grid_points_evaluated"] >= 1
     assert best["val_quality"] >= best["best_grid_val_quality"]
+    assert methods["best_static"]["search"] == best  # the evidence sits in the row it supports
     assert methods["oracle"]["upper_bound"] and methods["oracle"]["kind"] == "oracle"
+    assert methods["oracle"]["oracle"]["candidates"] >= best["grid_points_evaluated"]  # the grid at its target, on test
     assert methods["best_static"]["metrics"]["total_flops_fraction"]["mean"] == pytest.approx(best["total_fraction"], rel=1e-9)
     assert summary["static_frontier"] and all("test" in e for e in summary["static_frontier"])
     fr = [e["total_fraction"] for e in summary["static_frontier"]]
