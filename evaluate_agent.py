@@ -15,6 +15,7 @@ to results/eval_<run>); the Markdown table is also printed. See README "Evaluati
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "the unpruned transformer FLOPs; default: FastVAR's)")
     c.add_argument("--judge-weights", type=Path, default=None, help="DomainEval judge weights (default: the shipped file)")
     c.add_argument("--grid-prompts", type=int, default=6)
+    c.add_argument("--batch-size", type=int, default=1, help="images generated together per method (an agent decides "
+                   "per image, one policy call per scale); 1 = as deployed at batch 1. latency_ms is then the batch's "
+                   "time divided by its size")
+    c.add_argument("--workers", type=int, default=None, metavar="K", help="generate each method's images in K Ray "
+                   "actors (each its own generator; RAY_ADDRESS points at a cluster); needs pip install -e \".[ray]\"")
     c.add_argument("--out", type=Path, default=None)
     f = ap.add_argument_group("folder mode")
     f.add_argument("--orig", type=Path, default=None, help="reference (unpruned) images")
@@ -89,6 +95,13 @@ def check_compare_args(args) -> None:
     if len(set(args.grid_ratios)) != len(args.grid_ratios):
         raise ValueError(f"--grid-ratios lists a ratio twice: {' '.join(f'{r:g}' for r in args.grid_ratios)}")
     check_non_negative("--grid-prompts", args.grid_prompts)
+    check_positive("--batch-size", args.batch_size)
+    if args.workers is not None:
+        check_positive("--workers", args.workers)
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError('--workers needs Ray, which is not installed: pip install -e ".[ray]"')
 
 
 def clip_for_agent(env_cfg, args, suite):
@@ -129,29 +142,33 @@ def latest_run(runs_dir: Path) -> Path:
 
 
 class Method:
-    """A named way to choose ratios per image: a schedule (same for all) or a per-image factory."""
+    """A named way to choose ratios per image: a schedule (same for all) or a per-image factory; ``agent``:
+    (run dir, budget) when the schedule is a trained run (so a Ray worker can load it on its side)."""
 
-    def __init__(self, name: str, schedule=None, per_image=None, kind: str = "baseline", note: str = "") -> None:
+    def __init__(self, name: str, schedule=None, per_image=None, kind: str = "baseline", note: str = "",
+                 agent: tuple | None = None) -> None:
         self.name, self._schedule, self._per_image, self.kind, self.note = name, schedule, per_image, kind, note
+        self.agent = agent
 
     def schedule_for(self, index: int):
         return self._per_image(index) if self._per_image is not None else self._schedule
 
 
-def run_method(generator, method: Method, items: list[tuple[str, int]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """Generate every (prompt, seed) at batch 1 (as deployed), timing each image."""
-    from evaluation.scoreboard import state_record
-    from generate import run_one
+def run_method(generator, method: Method, items: list[tuple[str, int]], batch_size: int = 1,
+               pool=None) -> tuple[list[torch.Tensor], list[dict]]:
+    """Generate every (prompt, seed), timing each image: at batch 1 (as deployed) by default, in batches of
+    ``batch_size`` (per-image decisions in one batch), or sharded over a Ray ``GenerationPool``."""
+    from evaluation.generation import MethodSpec, generate_items
 
-    images, recs = [], []
-    for i, (p, s) in enumerate(items):
-        sched = method.schedule_for(i)
-        if hasattr(sched, "bind"):
-            sched.bind(None)
-        img, state, latency = run_one(generator, sched, p, s, None)
-        images.append(img)
-        recs.append(state_record(generator, state, latency))
-    return images, recs
+    if method.agent is not None:
+        spec = MethodSpec(agent_run=str(method.agent[0]), agent_budget=method.agent[1])
+    elif method._per_image is not None:
+        spec = MethodSpec(per_item=tuple(method.schedule_for(i) for i in range(len(items))))
+    else:
+        spec = MethodSpec(schedule=method._schedule)
+    if pool is not None:
+        return pool.generate(spec, items, batch_size)
+    return generate_items(generator, spec, items, batch_size, schedule=method._schedule if method.agent else None)
 
 
 def _label(run: Path, runs: list[Path]) -> str:
@@ -217,14 +234,21 @@ def compare_mode(args, suite) -> int:
     def log(msg: str) -> None:
         print(f"[{time.time() - t_start:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
-    # ---- fixed schedules and the agents, at batch 1 (as deployed, timed) ----
+    pool = None
+    if args.workers:
+        from evaluation.generation import GenerationPool
+
+        pool = GenerationPool(env0.to_dict(), args.workers, threads_per_worker=max(1, (os.cpu_count() or 1) // args.workers))
+        log(f"{args.workers} Ray workers up")
+
+    # ---- fixed schedules and the agents, at batch --batch-size (1: as deployed), timed ----
     methods: list[Method] = [Method("original", OriginalSchedule(), note="no pruning"),
                              Method("fastvar", FastVARSchedule(), note=FastVARSchedule().describe(widths)),
                              Method("tail", TailPatternSchedule(), note=TailPatternSchedule().describe(widths))]
     results: dict[str, tuple[list, list]] = {}
     meta: dict[str, Method] = {}
     for m in methods:
-        results[m.name] = run_method(generator, m, items)
+        results[m.name] = run_method(generator, m, items, args.batch_size, pool)
         meta[m.name] = m
     log(f"original, fastvar, tail: {len(items)} images each")
     refs = torch.stack(results["original"][0])
@@ -239,7 +263,7 @@ def compare_mode(args, suite) -> int:
             raise ValueError(f"--budget {args.budget} given but {run} is not budget-conditioned")
         budgets[rl] = budget
         agent = load_agent_schedule(run, generator, clip=clip_for_agent(env_cfg, args, suite), budget=budget)
-        results[rl] = run_method(generator, Method(rl, agent), items)
+        results[rl] = run_method(generator, Method(rl, agent, agent=(run, budget)), items, args.batch_size, pool)
         meta[rl] = Method(rl, kind="rl", note=f"{run}" + ("" if budget is None else f", budget {budget:.3f}"))
         targets[rl] = float(np.mean([r["total_flops_fraction"] for r in results[rl][1]]))
         log(f"{rl}: {len(items)} images, mean total FLOPs fraction {targets[rl]:.4f}")
@@ -257,14 +281,15 @@ def compare_mode(args, suite) -> int:
             suffix = "" if (len(runs) == 1 and label.startswith("rl:")) else (
                 f":{label[3:]}" if label.startswith("rl:") else f"@{label}")
             name = "best_static" + suffix
-            results[name] = run_method(generator, Method(name, res.schedule), items)
+            results[name] = run_method(generator, Method(name, res.schedule), items, args.batch_size, pool)
             meta[name] = Method(name, kind="best_static", note=f"{res.schedule.describe(widths)}; chosen on "
                                 f"{len(val_items)} validation images by quality at total FLOPs <= "
                                 f"{res.target_total_fraction:.3f} ({label})")
             if label in static.oracle:
                 per_prompt = static.oracle[label]
                 oname = "oracle" + suffix
-                results[oname] = run_method(generator, Method(oname, per_image=lambda i, pp=per_prompt: pp[items[i][0]]), items)
+                results[oname] = run_method(generator, Method(oname, per_image=lambda i, pp=per_prompt: pp[items[i][0]]), items,
+                                            args.batch_size, pool)
                 meta[oname] = Method(oname, kind="oracle", note=f"UPPER BOUND: per test prompt, the grid schedule with "
                                      f"total FLOPs <= {res.target_total_fraction:.3f} that is best on that prompt's own "
                                      f"test images (by quality)")
@@ -275,7 +300,8 @@ def compare_mode(args, suite) -> int:
         rand = [RatioListSchedule(tuple(random_schedule_at(generator, target_t, first, rng, env_cfg.skip_threshold)))
                 for _ in items]
         name = "random" + ("" if len(runs) == 1 else f":{labels[run]}")
-        results[name] = run_method(generator, Method(name, per_image=lambda i, rand=rand: rand[i]), items)
+        results[name] = run_method(generator, Method(name, per_image=lambda i, rand=rand: rand[i]), items, args.batch_size,
+                                   pool)
         meta[name] = Method(name, kind="random", note=f"uniform random ratios per image at {rl}'s transformer FLOPs")
     log("all methods generated")
 
@@ -344,6 +370,12 @@ def compare_mode(args, suite) -> int:
     for other in ("best_static@fastvar", "oracle@fastvar"):
         if other in per_method:
             summary["paired"][f"{other} vs fastvar"] = paired_rows(per_method[other], per_method["fastvar"], PAIRED_METRICS)
+    summary["generation"] = {"batch_size": args.batch_size, "workers": args.workers,
+                             "latency_note": "latency_ms per image: batch 1 as deployed" if args.batch_size == 1 and not args.workers
+                             else f"latency_ms per image: the wall clock of a batch of {args.batch_size} divided by its size"
+                             + (f", measured inside each of {args.workers} Ray workers" if args.workers else "")}
+    if pool is not None:
+        pool.close()
     summary["wall_clock_s"] = round(time.time() - t_start, 1)
 
     out = args.out or Path("results") / ("eval_" + "+".join(r.name for r in runs))
@@ -394,6 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RunError, WeightsError, ClipWeightsUnavailable, LpipsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if type(e).__name__ != "WorkerError":
+            raise
+        print(f"error: {e}", file=sys.stderr)  # a Ray worker died: nothing was written, rerun the evaluation
+        return 1
 
 
 if __name__ == "__main__":

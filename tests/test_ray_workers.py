@@ -110,3 +110,23 @@ def test_two_worker_run_trains_checkpoints_and_resumes_after_a_worker_dies(local
     (out / "killed" / "config.json").write_text(json.dumps(saved))
     assert train.main(["--resume", str(out / "killed"), "--no-progress"]) == 0
     assert _curve(out / "killed")[-1][0] == step + 32
+
+
+def test_evaluate_agent_with_two_workers_matches_the_local_evaluation(local_ray, tmp_path):
+    import evaluate_agent
+
+    out = tmp_path / "runs"
+    assert train.main(TINY + ["--out", str(out), "--name", "e"]) == 0
+    base = ["--run", str(out / "e"), "--num-prompts", "2", "--seeds", "0", "--no-static-search",
+            "--batch-size", "2"]
+    assert evaluate_agent.main(base + ["--out", str(tmp_path / "local")]) == 0
+    assert evaluate_agent.main(base + ["--workers", "2", "--out", str(tmp_path / "ray")]) == 0
+    rows = {}
+    for name in ("local", "ray"):
+        rows[name] = {(r["method"], r["prompt"]): (r["ratios"], r["flops_fraction"], r["ssim"])
+                      for r in csv.DictReader(open(tmp_path / name / "per_image.csv"))}
+    assert rows["local"].keys() == rows["ray"].keys()
+    for key, (ratios, flops, ssim) in rows["local"].items():
+        r2, f2, s2 = rows["ray"][key]
+        assert (ratios, flops) == (r2, f2)  # one image per worker here: the same decisions as in one batch of 2
+        assert abs(float(ssim) - float(s2)) < 1e-4
