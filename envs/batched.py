@@ -34,8 +34,9 @@ class BatchedVarPruneEnv(VecEnv):
     ``seed(s)`` slot i draws its episodes (prompt, then image seed) from the same RNG stream as a
     ``VarPruneEnv`` reset with seed ``s + i`` (as in ``DummyVecEnv``). Differences: the terminal
     quality terms are computed on a batch, which rounds differently (~1e-7) from batch 1; and with
-    ``prompt_order="cycle"`` the slots share one cycle (slot i of the e-th batch gets episode
-    e * N + i, or the plan set by ``plan_episodes``), and ``reset`` restarts it.
+    ``prompt_order="cycle"`` the slots share one cycle (slot i's e-th episode is e * N + i, or
+    ``plan_episodes``' offset + e), which, as in ``VarPruneEnv``, goes on across resets (every
+    episode started, auto-reset ones included, takes the next index).
 
     ``generator``, ``clip``, ``lpips``, ``reference_cache``, ``prompts``: shared, already-built objects
     (as for ``VarPruneEnv``). ``reference_batch_size``: most references made in one generator call.
@@ -77,8 +78,10 @@ class BatchedVarPruneEnv(VecEnv):
 
     def plan_episodes(self, n_episodes: int | None) -> None:
         """With ``prompt_order="cycle"``: give slot i the consecutive episodes that SB3's
-        ``evaluate_policy`` counts for it when asked for ``n_episodes`` ((n + i) // N of them), so an
-        evaluation visits episodes 0 .. n - 1 exactly once. None: slot i of the e-th batch gets e * N + i."""
+        ``evaluate_policy`` counts for it when asked for ``n_episodes`` ((n + i) // N of them), so the
+        first evaluation visits episodes 0 .. n - 1 exactly once (and, when N divides n and n is the
+        number of prompts, every later one visits every prompt once, rotated). None: slot i's e-th
+        episode is e * N + i."""
         if n_episodes is None:
             self._plan = None
             return
@@ -129,7 +132,6 @@ class BatchedVarPruneEnv(VecEnv):
         for i, s in enumerate(self._seeds):
             if s is not None or self._rngs[i] is None:
                 self._rngs[i], _ = seeding.np_random(s)
-        self._episode = [0] * self.num_envs
         obs = self._start(self._options)
         self._reset_seeds()
         self._reset_options()

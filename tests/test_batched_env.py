@@ -65,8 +65,8 @@ def test_batched_env_equals_a_dummy_vec_env_of_single_envs(shared, budget_range)
             for a, b in zip(ib, id_):
                 assert np.array_equal(a["terminal_observation"], b["terminal_observation"])
                 assert a["flops_fraction"] == b["flops_fraction"]
-                for key in ("ssim", "clip_delta", "terminal_reward"):
-                    assert a[key] == pytest.approx(b[key], abs=1e-5)
+                for key, tol in (("ssim", 1e-5), ("clip_delta", 1e-4), ("terminal_reward", 1e-5)):  # CLIP: 0-100 points
+                    assert a[key] == pytest.approx(b[key], abs=tol)
         else:
             assert np.array_equal(rb, rd)
     assert ends == 2
