@@ -79,10 +79,16 @@ def test_two_workers_give_the_episodes_of_one_batched_env(local_ray):
         venv.close()
 
 
-def test_two_worker_run_trains_checkpoints_and_resumes_after_a_worker_dies(local_ray, tmp_path):
-    out = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def two_worker_run(local_ray, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
     assert train.main(TINY + ["--workers", "2", "--out", str(out), "--name", "w"]) == 0
-    run = out / "w"
+    return out / "w"
+
+
+def test_two_worker_run_trains_checkpoints_and_resumes_after_a_worker_dies(local_ray, two_worker_run, tmp_path, capsys):
+    run = two_worker_run
+    out = tmp_path / "runs"
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["workers"] == 2 and cfg["n_envs"] == 4
     assert [t for t, _ in _curve(run)] == [32, 64]
@@ -104,6 +110,8 @@ def test_two_worker_run_trains_checkpoints_and_resumes_after_a_worker_dies(local
     local_ray.kill(local_ray.get_actor(sorted(names)[-1]))
     thread.join(600)
     assert result.get("rc") == 1
+    err = capsys.readouterr().err
+    assert "Ray worker" in err and "died" in err and f"python train.py --resume {out / 'killed'}" in err
     step = max(int(p.name.split("_")[1]) for p in ckpts.glob("model_*_steps.zip"))
     saved = json.loads((out / "killed" / "config.json").read_text())
     saved["total_timesteps"] = step + 32  # as if it had been asked for one more interval
@@ -112,12 +120,10 @@ def test_two_worker_run_trains_checkpoints_and_resumes_after_a_worker_dies(local
     assert _curve(out / "killed")[-1][0] == step + 32
 
 
-def test_evaluate_agent_with_two_workers_matches_the_local_evaluation(local_ray, tmp_path):
+def test_evaluate_agent_with_two_workers_matches_the_local_evaluation(local_ray, two_worker_run, tmp_path):
     import evaluate_agent
 
-    out = tmp_path / "runs"
-    assert train.main(TINY + ["--out", str(out), "--name", "e"]) == 0
-    base = ["--run", str(out / "e"), "--num-prompts", "2", "--seeds", "0", "--no-static-search",
+    base = ["--run", str(two_worker_run), "--num-prompts", "2", "--seeds", "0", "--no-static-search",
             "--batch-size", "2"]
     assert evaluate_agent.main(base + ["--out", str(tmp_path / "local")]) == 0
     assert evaluate_agent.main(base + ["--workers", "2", "--out", str(tmp_path / "ray")]) == 0
