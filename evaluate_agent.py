@@ -15,6 +15,7 @@ to results/eval_<run>); the Markdown table is also printed. See README "Evaluati
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,13 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-prompt oracle (evaluates every fitting grid schedule on the test items; the slowest part)")
     c.add_argument("--cache-dir", type=Path, default=Path("results") / "cache",
                    help="per-item results of static schedules, reused by reruns (keyed by generator, items, scorer)")
-    c.add_argument("--budget", type=float, default=None, help="FLOPs budget for budget-conditioned runs (fraction of "
-                   "the unpruned transformer FLOPs; default: FastVAR's)")
+    c.add_argument("--budget", type=float, default=None, help="one FLOPs budget for budget-conditioned runs (fraction "
+                   "of the unpruned transformer FLOPs); same as --budgets B")
+    c.add_argument("--budgets", nargs="+", default=None, metavar="B",
+                   help="evaluate each budget-conditioned run at each of these budgets (fractions of the unpruned "
+                        "transformer FLOPs; 'fastvar' = FastVAR's, '0.8fastvar' = 0.8 x FastVAR's); every budget gets "
+                        "its own best static schedule, oracle and random row. Default: fastvar 0.8fastvar 0.6fastvar")
     c.add_argument("--judge-weights", type=Path, default=None, help="DomainEval judge weights (default: the shipped file)")
     c.add_argument("--batch-size", type=int, default=100, help="images generated together (every method, the grid)")
     c.add_argument("--latency-images", type=int, default=24, help="items per method timed again alone at batch 1 "
                    "(as deployed) for the latency column (0 = none)")
     c.add_argument("--grid-prompts", type=int, default=6)
+    c.add_argument("--workers", type=int, default=None, metavar="K", help="generate each method's images in K Ray "
+                   "actors (each its own generator; RAY_ADDRESS points at a cluster); needs pip install -e \".[ray]\"")
     c.add_argument("--out", type=Path, default=None)
     f = ap.add_argument_group("folder mode")
     f.add_argument("--orig", type=Path, default=None, help="reference (unpruned) images")
@@ -94,6 +101,51 @@ def check_compare_args(args) -> None:
     if len(set(args.grid_ratios)) != len(args.grid_ratios):
         raise ValueError(f"--grid-ratios lists a ratio twice: {' '.join(f'{r:g}' for r in args.grid_ratios)}")
     check_non_negative("--grid-prompts", args.grid_prompts)
+    if args.workers is not None:
+        check_positive("--workers", args.workers)
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError('--workers needs Ray, which is not installed: pip install -e ".[ray]"')
+
+
+def parse_budget(token: str, fastvar_fraction: float) -> float:
+    """``0.3`` (a fraction of the unpruned transformer FLOPs), ``fastvar`` or ``0.8fastvar`` (a multiple of
+    FastVAR's fraction)."""
+    t = str(token).strip().lower()
+    try:
+        if t.endswith("fastvar"):
+            k = t[: -len("fastvar")].rstrip("x*") or "1"
+            return float(k) * fastvar_fraction
+        return float(t)
+    except ValueError:
+        raise ValueError(f"--budgets: {token!r} is not a budget (a fraction such as 0.3, 'fastvar' or a multiple "
+                         f"such as '0.8fastvar')") from None
+
+
+def agent_entries(runs, env_cfgs, labels, args, fastvar_fraction: float) -> list[tuple]:
+    """(method name, run, env config, budget) for every agent row: a budget-conditioned run once per
+    budget (``--budgets``, default FastVAR's FLOPs and 0.8x, 0.6x of them), any other run once. A budget
+    outside a run's trained range is an error naming the range."""
+    tokens = args.budgets if args.budgets is not None else (
+        [str(args.budget)] if args.budget is not None else ["fastvar", "0.8fastvar", "0.6fastvar"])
+    wanted = [parse_budget(t, fastvar_fraction) for t in tokens]
+    if len({round(b, 6) for b in wanted}) != len(wanted):
+        raise ValueError(f"--budgets lists a budget twice: {' '.join(tokens)}")
+    rows = []
+    for run, env_cfg in zip(runs, env_cfgs):
+        if env_cfg.budget_range is None:
+            if args.budget is not None or args.budgets is not None:
+                raise ValueError(f"--budget/--budgets given but {run} is not budget-conditioned (trained without "
+                                 "--budget-range)")
+            rows.append((f"rl:{labels[run]}", run, env_cfg, None))
+            continue
+        lo, hi = env_cfg.budget_range
+        for b in wanted:
+            if not lo - 1e-9 <= b <= hi + 1e-9:
+                raise ValueError(f"budget {b:.4f} is outside the range {run} was trained on [{lo:g}, {hi:g}]")
+            rows.append((f"rl:{labels[run]}" + ("" if len(wanted) == 1 else f"@{b:.3f}"), run, env_cfg, b))
+    return rows
 
 
 def clip_for_agent(env_cfg, args, suite):
@@ -134,10 +186,13 @@ def latest_run(runs_dir: Path) -> Path:
 
 
 class Method:
-    """A named way to choose ratios per image: a schedule (same for all) or a per-image factory."""
+    """A named way to choose ratios per image: a schedule (same for all) or a per-image factory; ``agent``:
+    (run dir, budget) when the schedule is a trained run (so a Ray worker can load it on its side)."""
 
-    def __init__(self, name: str, schedule=None, per_image=None, kind: str = "baseline", note: str = "") -> None:
+    def __init__(self, name: str, schedule=None, per_image=None, kind: str = "baseline", note: str = "",
+                 agent: tuple | None = None) -> None:
         self.name, self._schedule, self._per_image, self.kind, self.note = name, schedule, per_image, kind, note
+        self.agent = agent
 
     def schedule_for(self, index: int):
         return self._per_image(index) if self._per_image is not None else self._schedule
@@ -152,23 +207,25 @@ class Method:
 
 
 def run_method(generator, method: Method, items: list[tuple[str, int]], batch_size: int = 100,
-               latency_images: int = 24) -> tuple[list[torch.Tensor], list[dict]]:
+               latency_images: int = 24, pool=None) -> tuple[list[torch.Tensor], list[dict]]:
     """Generate every (prompt, seed) in batches of ``batch_size`` (per-image decisions where the method
-    has them: a trained agent, a per-prompt oracle, random schedules); then time the first
-    ``latency_images`` items again alone at batch 1 (as deployed) for the latency column."""
-    from evaluation.scoreboard import state_record
-    from generate import run_batch, run_one
+    has them: a trained agent, a per-prompt oracle, random schedules), locally or sharded over a Ray
+    ``GenerationPool``; then time the first ``latency_images`` items again alone at batch 1 (as deployed)
+    for the latency column."""
+    from evaluation.generation import MethodSpec, generate_items
+    from generate import run_one
 
-    images, recs = [], []
-    for lo in range(0, len(items), batch_size):
-        idx = list(range(lo, min(len(items), lo + batch_size)))
-        sched = method.batch_schedule(idx)
-        if hasattr(sched, "bind"):
-            sched.bind(None)
-        imgs, state, _ = run_batch(generator, sched, [items[i][0] for i in idx], [items[i][1] for i in idx])
-        for b in range(len(idx)):
-            images.append(imgs[b])
-            recs.append(state_record(generator, state, None, b))
+    if method.agent is not None:
+        spec = MethodSpec(agent_run=str(method.agent[0]), agent_budget=method.agent[1])
+    elif method._per_image is not None:
+        spec = MethodSpec(per_item=tuple(method.schedule_for(i) for i in range(len(items))))
+    else:
+        spec = MethodSpec(schedule=method._schedule)
+    if pool is not None:
+        images, recs = pool.generate(spec, items, batch_size)
+    else:
+        images, recs = generate_items(generator, spec, items, batch_size,
+                                      schedule=method._schedule if method.agent else None)
     for i in range(min(latency_images, len(items))):
         sched = method.schedule_for(i)
         if hasattr(sched, "bind"):
@@ -189,7 +246,8 @@ def compare_mode(args, suite) -> int:
     from envs.config import EnvConfig
     from envs.factory import make_generator
     from evaluation.report import (
-        frontier_table, image_grid, markdown_table, pareto_plot, quality_only_table, static_search_lines, write_csv,
+        budget_table, frontier_table, image_grid, markdown_table, pareto_plot, quality_only_table, static_search_lines,
+        write_csv,
     )
     from evaluation.scoreboard import (
         DomainEval, QUALITY_METRICS, build_static_baselines, check_items, paired_rows, reward_of, summarize_rows,
@@ -206,6 +264,8 @@ def compare_mode(args, suite) -> int:
     if len(set(map(str, runs))) != len(runs):
         raise ValueError(f"--run lists the same run twice: {[str(r) for r in runs]}")
     labels = {r: _label(r, runs) for r in runs}
+    if args.budget is not None and args.budgets is not None:
+        raise ValueError("--budget and --budgets cannot be combined (--budget B is --budgets B)")
     configs = [read_run_config(r) for r in runs]
     env_cfgs = [EnvConfig.from_dict(c["env"]) for c in configs]
     keys = {(e.generator, repr(e.cfg_scale)) for e in env_cfgs}  # repr: Infinity's cfg may be a per-scale list
@@ -241,8 +301,15 @@ def compare_mode(args, suite) -> int:
     def log(msg: str) -> None:
         print(f"[{time.time() - t_start:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
+    pool = None
+    if args.workers:
+        from evaluation.generation import GenerationPool
+
+        pool = GenerationPool(env0.to_dict(), args.workers, threads_per_worker=max(1, (os.cpu_count() or 1) // args.workers))
+        log(f"{args.workers} Ray workers up")
+
     def generate_method(method: Method):
-        return run_method(generator, method, items, args.batch_size, args.latency_images)
+        return run_method(generator, method, items, args.batch_size, args.latency_images, pool)
 
     # ---- fixed schedules and the agents (batched; the first --latency-images items also timed alone) ----
     methods: list[Method] = [Method("original", OriginalSchedule(), note="no pruning"),
@@ -257,16 +324,12 @@ def compare_mode(args, suite) -> int:
     refs = torch.stack(results["original"][0])
     targets: dict[str, float] = {}
     budgets: dict[str, float | None] = {}
-    for run, env_cfg in zip(runs, env_cfgs):
-        rl = f"rl:{labels[run]}"
-        budget = None
-        if env_cfg.budget_range is not None:  # a budget-conditioned run: at --budget, default FastVAR's FLOPs
-            budget = args.budget if args.budget is not None else generator.flops_fraction(schedule_ratios(FastVARSchedule(), n))
-        elif args.budget is not None:
-            raise ValueError(f"--budget {args.budget} given but {run} is not budget-conditioned")
+    fastvar_t = generator.flops_fraction(schedule_ratios(FastVARSchedule(), n))
+    agents = agent_entries(runs, env_cfgs, labels, args, fastvar_t)  # (rl name, run, env config, budget)
+    for rl, run, env_cfg, budget in agents:
         budgets[rl] = budget
         agent = load_agent_schedule(run, generator, clip=clip_for_agent(env_cfg, args, suite), budget=budget)
-        results[rl] = generate_method(Method(rl, agent))
+        results[rl] = generate_method(Method(rl, agent, agent=(run, budget)))
         meta[rl] = Method(rl, kind="rl", note=f"{run}" + ("" if budget is None else f", budget {budget:.3f}"))
         targets[rl] = float(np.mean([r["total_flops_fraction"] for r in results[rl][1]]))
         log(f"{rl}: {len(items)} images, mean total FLOPs fraction {targets[rl]:.4f}")
@@ -282,7 +345,7 @@ def compare_mode(args, suite) -> int:
                                         log=log)
         log(f"static search: {static.info}")
         for label, res in static.search.items():
-            suffix = "" if (len(runs) == 1 and label.startswith("rl:")) else (
+            suffix = "" if (len(agents) == 1 and label.startswith("rl:")) else (
                 f":{label[3:]}" if label.startswith("rl:") else f"@{label}")
             name = "best_static" + suffix
             static_rows[name] = ("best_static", label)
@@ -298,13 +361,12 @@ def compare_mode(args, suite) -> int:
                 meta[oname] = Method(oname, kind="oracle", note=f"UPPER BOUND: per test prompt, the grid schedule with "
                                      f"total FLOPs <= {res.target_total_fraction:.3f} that is best on that prompt's own "
                                      f"test images (by quality)")
-    for run, env_cfg in zip(runs, env_cfgs):
-        rl = f"rl:{labels[run]}"
+    for rl, run, env_cfg, _ in agents:
         rng = np.random.default_rng(0)
         target_t = float(np.mean([r["flops_fraction"] for r in results[rl][1]]))
         rand = [RatioListSchedule(tuple(random_schedule_at(generator, target_t, first, rng, env_cfg.skip_threshold)))
                 for _ in items]
-        name = "random" + ("" if len(runs) == 1 else f":{labels[run]}")
+        name = "random" + ("" if len(agents) == 1 else f":{rl[3:]}")
         results[name] = generate_method(Method(name, per_image=lambda i, rand=rand: rand[i]))
         meta[name] = Method(name, kind="random", note=f"uniform random ratios per image at {rl}'s transformer FLOPs")
     log("all methods generated")
@@ -374,21 +436,30 @@ def compare_mode(args, suite) -> int:
                                                 for i, (p, sd) in enumerate(items)], QUALITY_METRICS + tuple(
                                                    k for k in t if k.startswith("domain_")))
             summary["static_frontier"].append(entry)
-    for run in runs:
-        rl = f"rl:{labels[run]}"
-        suffix = "" if len(runs) == 1 else f":{labels[run]}"
+    summary["budgets"] = []
+    for rl, run, _, budget in agents:
+        suffix = "" if len(agents) == 1 else f":{rl[3:]}"
+        summary["budgets"].append({"agent": rl, "run": str(run), "budget": budget,
+                                   "best_static": "best_static" + suffix, "oracle": "oracle" + suffix,
+                                   "random": "random" + suffix})
         for other in ("fastvar", "best_static" + suffix, "best_static@fastvar", "oracle" + suffix):
             if other in per_method:
                 summary["paired"][f"{rl} vs {other}"] = paired_rows(per_method[rl], per_method[other], PAIRED_METRICS)
     for other in ("best_static@fastvar", "oracle@fastvar"):
         if other in per_method:
             summary["paired"][f"{other} vs fastvar"] = paired_rows(per_method[other], per_method["fastvar"], PAIRED_METRICS)
+    summary["generation"] = {"batch_size": args.batch_size, "workers": args.workers,
+                             "latency_note": "latency_ms per image: batch 1 as deployed" if args.batch_size == 1 and not args.workers
+                             else f"latency_ms per image: the wall clock of a batch of {args.batch_size} divided by its size"
+                             + (f", measured inside each of {args.workers} Ray workers" if args.workers else "")}
+    if pool is not None:
+        pool.close()
     summary["wall_clock_s"] = round(time.time() - t_start, 1)
 
     out = args.out or Path("results") / ("eval_" + "+".join(r.name for r in runs))
     out.mkdir(parents=True, exist_ok=True)
-    table = "\n\n".join([markdown_table(summary), quality_only_table(summary), static_search_lines(summary),
-                          frontier_table(summary)])
+    table = "\n\n".join(x for x in [markdown_table(summary), quality_only_table(summary), budget_table(summary),
+                                     static_search_lines(summary), frontier_table(summary)] if x)
     print(table)
     atomic_write_bytes(out / "table.md", (table + "\n").encode())
     write_csv(rows, out / "per_image.csv")
@@ -433,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RunError, WeightsError, ClipWeightsUnavailable, LpipsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if type(e).__name__ != "WorkerError":
+            raise
+        print(f"error: {e}", file=sys.stderr)  # a Ray worker died: nothing was written, rerun the evaluation
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import numpy as np
 from generator.weights_io import atomic_write_json
 
 DEFAULT_OUT = Path("runs")
+DEFAULT_N_ENVS = 16
+REFERENCE_BATCH = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                     help="override a hyperparameter of agents/hyperparams/<algo>.yml (YAML value), repeatable")
     ap.add_argument("--total-timesteps", type=int, default=None, help="default: the YAML's total_timesteps")
-    ap.add_argument("--n-envs", type=int, default=1)
+    ap.add_argument("--n-envs", type=int, default=DEFAULT_N_ENVS,
+                    help=f"episodes run together (default {DEFAULT_N_ENVS}, measured: benchmarks/bench_vec_env.py); "
+                         "n_steps / train_freq of the YAML count transitions of the whole vector env, so this changes "
+                         "how many images are made together, not the algorithm")
+    ap.add_argument("--vec-env", default="batched", choices=("batched", "dummy"),
+                    help="batched: one generator call per scale for all episodes (envs.batched); dummy: SB3's "
+                         "DummyVecEnv of single VarPrune-v0 envs (batch-1 generation, the pre-batching behaviour)")
+    ap.add_argument("--workers", type=int, default=None, metavar="K",
+                    help="run the --n-envs episodes in K Ray actors (each its own generator and batched env; "
+                         "RAY_ADDRESS points at a cluster, else a local Ray starts); needs pip install -e \".[ray]\"")
+    ap.add_argument("--reference-cache", type=Path, default=None, metavar="DIR",
+                    help="unpruned reference images on disk across runs, keyed by the generator's fingerprint "
+                         "(default: OUT/references; 'none' keeps them in memory only)")
+    ap.add_argument("--precompute-references", default="auto", choices=("auto", "on", "off"),
+                    help="make every (train prompt, image seed) reference in batches before training; auto: when the "
+                         "run has at least as many episodes as there are pairs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="parent directory of runs")
     ap.add_argument("--name", default=None, help="run name (default <algo>_s<seed>, suffixed if taken)")
@@ -141,21 +158,45 @@ def unique_run_dir(out: Path, name: str) -> Path:
 
 
 def evaluate_fixed_schedule(env, ratios: list[float], episodes: int) -> dict:
-    """Run a fixed ratio list through the (cycling) validation env; mean reward, FLOPs and quality.
-    In a budget-conditioned env every episode gets the schedule's own FLOPs as its budget (clipped to
-    the trained range), so the guard leaves the schedule as it is wherever the range allows."""
+    """Run a fixed ratio list through the (cycling) validation env, a ``VarPruneEnv`` or a
+    ``BatchedVarPruneEnv`` (episodes planned as ``evaluate_policy`` counts them); mean reward, FLOPs and
+    quality. In a budget-conditioned env every episode gets the schedule's own FLOPs as its budget
+    (clipped to the trained range), so the guard leaves the schedule as it is wherever the range allows."""
+    from envs.batched import BatchedVarPruneEnv
+
     rewards, fracs, clips, ssims = [], [], [], []
     options = None
     if env.config.budget_range is not None:
         lo, hi = env.config.budget_range
         options = {"budget": min(max(env.generator.flops_fraction(ratios), lo), hi)}
-    for _ in range(episodes):
-        env.reset(options=options)
-        total, done, info = 0.0, False, {}
-        while not done:
-            k = env.unwrapped._state.scale_index
-            _, r, done, _, info = env.step(env.unwrapped.ratio_to_action(ratios[k]))
-            total += r
+    infos = []
+    if isinstance(env, BatchedVarPruneEnv):
+        n = env.num_envs
+        env.plan_episodes(episodes)
+        env.episode_options = options or {}
+        targets = [(episodes + i) // n for i in range(n)]
+        env.reset()
+        totals, counts = np.zeros(n), [0] * n
+        while any(c < t for c, t in zip(counts, targets)):
+            k = env._state.scale_index
+            _, r, dones, step_infos = env.step(np.stack([env.ratio_to_action(ratios[k])] * n))
+            totals += r
+            if dones[0]:
+                for i in range(n):
+                    if counts[i] < targets[i]:
+                        infos.append((float(totals[i]), step_infos[i]))
+                        counts[i] += 1
+                totals[:] = 0.0
+    else:
+        for _ in range(episodes):
+            env.reset(options=options)
+            total, done, info = 0.0, False, {}
+            while not done:
+                k = env.unwrapped._state.scale_index
+                _, r, done, _, info = env.step(env.unwrapped.ratio_to_action(ratios[k]))
+                total += r
+            infos.append((total, info))
+    for total, info in infos:
         rewards.append(total)
         fracs.append(info["flops_fraction"])
         clips.append(info.get("clip_delta", float("nan")))
@@ -169,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_args(args)
+        check_workers(args.workers, args.vec_env, args.n_envs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -176,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     from stable_baselines3.common.utils import set_random_seed
     from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
 
-    from agents.algos import algo_class, build_model, load_hyperparams
+    from agents.algos import algo_class, build_model, load_hyperparams, per_env_hyperparams
     from agents.callbacks import PruningEvalCallback, ResumableCheckpoint, latest_checkpoint
     from agents.normalization import load_obs_stats_into, save_obs_stats
     from agents.schedule import RunError, read_run_config
@@ -205,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         env_cfg = EnvConfig.from_dict(saved["env"])
         total = saved["total_timesteps"]
         args.n_envs, args.eval_freq, args.checkpoint_freq = saved["n_envs"], saved["eval_freq"], saved["checkpoint_freq"]
+        args.vec_env = saved.get("vec_env", "dummy")  # runs from before batching used DummyVecEnv
+        args.workers = saved.get("workers")
+        try:
+            check_workers(args.workers, args.vec_env, args.n_envs)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         args.val_prompts, args.eval_episodes = saved["val_prompts"], saved["eval_episodes"]
     else:
         try:
@@ -214,8 +263,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         env_cfg.action_mode = hp.get("action_mode", "continuous")
+        if args.reference_cache is None:
+            env_cfg.reference_cache_dir = str(args.out / "references")
+        elif str(args.reference_cache).lower() != "none":
+            env_cfg.reference_cache_dir = str(args.reference_cache)
         algo, seed = args.algo, args.seed
         total = int(hp["total_timesteps"]) if args.total_timesteps is None else args.total_timesteps
+        try:
+            per_env_hyperparams(algo, hp, args.n_envs)  # a bad --n-envs fails here, before anything is written
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         run = unique_run_dir(args.out, args.name or f"{algo}_s{seed}")
         run.mkdir(parents=True)
 
@@ -230,17 +288,51 @@ def main(argv: list[str] | None = None) -> int:
     val_cfg = EnvConfig.from_dict({**env_cfg.to_dict(), "prompts": args.val_prompts, "image_seeds": 1,
                                    "prompt_order": "cycle"})
 
-    def make_train_env():
-        return VarPruneEnv(env_cfg, **shared)
+    train_prompts = load_prompts_for(env_cfg.prompts)
+    pairs = len(train_prompts) * env_cfg.image_seeds
+    episodes_expected = total / max(1, min(env_cfg.num_controllable, generator.num_scales))
+    if args.precompute_references == "on" or (args.precompute_references == "auto" and episodes_expected >= pairs):
+        t0 = time.time()
+        precompute_references(generator, refs, clip if env_cfg.reward.clip_weight > 0 else None, train_prompts,
+                              env_cfg.image_seeds)
+        print(f"references: {pairs} (prompt, seed) pairs ready in {time.time() - t0:.1f} s "
+              f"({refs.misses} made in batches of {REFERENCE_BATCH}, {refs.hits} from {env_cfg.reference_cache_dir or 'memory'})")
 
-    venv = VecMonitor(DummyVecEnv([make_train_env] * args.n_envs))
+    if args.vec_env == "batched":
+        from envs.batched import BatchedVarPruneEnv
+
+        if args.workers:
+            import os
+
+            from envs.ray_vec import RayVecEnv, WorkerError
+
+            try:
+                venv = RayVecEnv(env_cfg, args.n_envs, args.workers, prompts=train_prompts,
+                                 threads_per_worker=max(1, (os.cpu_count() or 1) // args.workers))
+            except WorkerError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+        else:
+            venv = BatchedVarPruneEnv(env_cfg, args.n_envs, prompts=train_prompts, reference_batch_size=REFERENCE_BATCH,
+                                      **shared)
+        eval_slots = eval_batch_size(eval_episodes, args.n_envs)
+        eval_inner = BatchedVarPruneEnv(val_cfg, eval_slots, prompts=val_prompts, reference_batch_size=REFERENCE_BATCH, **shared)
+        eval_inner.plan_episodes(eval_episodes)
+
+        def baseline_env():
+            return BatchedVarPruneEnv(val_cfg, eval_slots, prompts=val_prompts, **shared)
+    else:
+        venv = DummyVecEnv([lambda: VarPruneEnv(env_cfg, prompts=train_prompts, **shared) for _ in range(args.n_envs)])
+        eval_inner = DummyVecEnv([lambda: VarPruneEnv(val_cfg, **shared)])
+
+        def baseline_env():
+            return VarPruneEnv(val_cfg, **shared)
+    venv = VecMonitor(venv)
     venv.seed(seed)
     norm = bool(hp.get("normalize_observations", True))
     venv = VecNormalize(venv, norm_obs=norm, norm_reward=False, clip_obs=10.0)
-    eval_env = VecNormalize(VecMonitor(DummyVecEnv([lambda: VarPruneEnv(val_cfg, **shared)])), norm_obs=norm,
-                            norm_reward=False, clip_obs=10.0, training=False)
-    probe = VarPruneEnv(val_cfg, **shared)
-    layout = probe.observation_layout
+    eval_env = VecNormalize(VecMonitor(eval_inner), norm_obs=norm, norm_reward=False, clip_obs=10.0, training=False)
+    layout = VarPruneEnv(val_cfg, **shared).observation_layout
 
     if args.resume is not None:
         model = algo_class(algo).load(str(ckpt_path), env=venv, device=args.device)
@@ -253,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming {run} at step {done_steps} of {total}")
     else:
         try:  # before the baselines: a bad hyperparameter must fail in seconds, not after an evaluation
-            model = build_model(algo, hp, venv, seed, tensorboard_log=str(run / "tb"), device=args.device)
+            model = build_model(algo, per_env_hyperparams(algo, hp, args.n_envs), venv, seed,
+                                tensorboard_log=str(run / "tb"), device=args.device)
         except (TypeError, ValueError, AssertionError) as e:
             shutil.rmtree(run, ignore_errors=True)  # nothing was written to it yet
             print(f"error: {algo} rejected the hyperparameters {sorted(k for k in hp)} "
@@ -261,11 +354,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         baselines = {}
         for name, sched in (("fastvar", FastVARSchedule()),):
-            baselines[name] = evaluate_fixed_schedule(VarPruneEnv(val_cfg, **shared), schedule_ratios(sched, generator.num_scales),
+            baselines[name] = evaluate_fixed_schedule(baseline_env(), schedule_ratios(sched, generator.num_scales),
                                                       eval_episodes)
-        baselines["original"] = evaluate_fixed_schedule(VarPruneEnv(val_cfg, **shared), [0.0] * generator.num_scales, eval_episodes)
+        baselines["original"] = evaluate_fixed_schedule(baseline_env(), [0.0] * generator.num_scales, eval_episodes)
         atomic_write_json(run / "baselines.json", baselines)
         config = {"algo": algo, "hyperparams": hp, "seed": seed, "total_timesteps": total, "n_envs": args.n_envs,
+                  "vec_env": args.vec_env, "workers": args.workers,
                   "eval_freq": args.eval_freq, "checkpoint_freq": args.checkpoint_freq, "val_prompts": args.val_prompts,
                   "eval_episodes": eval_episodes, "env": env_cfg.to_dict(), "observation_layout": layout,
                   "generator_fingerprint": generator.fingerprint(), "command": sys.argv}
@@ -290,8 +384,19 @@ def main(argv: list[str] | None = None) -> int:
 
         callbacks.append(ProgressLog(args.log_interval, total, eval_cb))
     if remaining > 0:
-        model.learn(total_timesteps=remaining, callback=callbacks, progress_bar=not args.no_progress,
-                    reset_num_timesteps=args.resume is None, tb_log_name="tb")
+        try:
+            model.learn(total_timesteps=remaining, callback=callbacks, progress_bar=not args.no_progress,
+                        reset_num_timesteps=args.resume is None, tb_log_name="tb")
+        except Exception as e:
+            if type(e).__name__ != "WorkerError":
+                raise
+            last = latest_checkpoint(run / "checkpoints")
+            where = f"its last checkpoint (step {last[0]})" if last else "the start (no checkpoint was written yet)"
+            print(f"error: {e}\nthe run stopped at step {model.num_timesteps}; continue it from {where} with "
+                  f"`python train.py --resume {run}`", file=sys.stderr)
+            venv.close()
+            return 1
+    venv.close()
     model.save(str(run / "final_model.zip"))
     if model.get_vec_normalize_env() is not None:
         save_obs_stats(model.get_vec_normalize_env(), run / "final_obs_stats.json")
@@ -301,6 +406,43 @@ def main(argv: list[str] | None = None) -> int:
             save_obs_stats(model.get_vec_normalize_env(), run / "best_obs_stats.json")
     summarize(run, time.time() - started)
     return 0
+
+
+def check_workers(workers: int | None, vec_env: str, n_envs: int) -> None:
+    """``--workers`` needs Ray (checked at once, before anything is built) and the batched env."""
+    if workers is None:
+        return
+    from generator.checks import check_positive
+
+    check_positive("--workers", workers)
+    if vec_env != "batched":
+        raise ValueError("--workers runs batched envs in Ray actors: it needs --vec-env batched")
+    if n_envs % workers:
+        raise ValueError(f"--n-envs {n_envs} must be a multiple of --workers {workers} (each worker runs n-envs / workers "
+                         f"episodes together)")
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError('--workers needs Ray, which is not installed: pip install -e ".[ray]"')
+
+
+def eval_batch_size(episodes: int, n_envs: int) -> int:
+    """Slots of the batched validation env: the largest divisor of ``episodes`` not above ``n_envs``
+    (every batch then holds only counted episodes)."""
+    return max(d for d in range(1, min(episodes, n_envs) + 1) if episodes % d == 0)
+
+
+def precompute_references(generator, refs, clip, prompts: list[str], image_seeds: int) -> None:
+    """Every (prompt, image seed) reference of the training split, made in batches (``REFERENCE_BATCH``)
+    and kept in ``refs`` (and its directory, across runs)."""
+    items = [(p, s) for p in prompts for s in range(image_seeds)]
+    keys = [(p, s, generator.fingerprint()) for p, s in items]
+
+    def make(indices: list[int]):
+        img, _ = generator.generate([items[i][0] for i in indices], [items[i][1] for i in indices])
+        return img
+
+    refs.get_or_create_many(keys, make, clip=clip, prompts=[p for p, _ in items], batch_size=REFERENCE_BATCH)
 
 
 def summarize(run: Path, seconds: float) -> dict:

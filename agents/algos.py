@@ -60,3 +60,30 @@ def build_model(algo: str, hp: dict, env, seed: int, tensorboard_log: str | None
         kwargs["action_noise"] = NormalActionNoise(np.zeros(dim), noise_std * np.ones(dim))
     return cls(hp.get("policy", "MlpPolicy"), env, seed=seed, tensorboard_log=tensorboard_log, device=device,
                verbose=0, **kwargs)
+
+
+def per_env_hyperparams(algo: str, hp: dict, n_envs: int) -> dict:
+    """SB3's per-env hyperparameters for ``n_envs`` environments from ours, which count transitions of
+    the whole vector env: ``n_steps`` (transitions per rollout, on-policy) is split among the envs, and
+    ``train_freq`` (transitions between updates, off-policy) becomes vector steps with ``gradient_steps``
+    scaled to keep the gradient steps per transition. So ``--n-envs`` changes how many episodes run
+    together, not how much data an update sees."""
+    out = dict(hp)
+    if n_envs < 1:
+        raise ValueError(f"--n-envs must be >= 1, got {n_envs}")
+    if n_envs == 1:
+        return out
+    if "n_steps" in hp:
+        n = int(hp["n_steps"])
+        if n % n_envs:
+            raise ValueError(f"n_steps {n} (transitions per rollout, over all envs) is not a multiple of --n-envs "
+                             f"{n_envs}: choose --n-envs dividing it, or --hp n_steps=<multiple of {n_envs}>")
+        out["n_steps"] = n // n_envs
+    tf = hp.get("train_freq")
+    if isinstance(tf, int) and tf > 0:
+        per_env = max(1, round(tf / n_envs))
+        out["train_freq"] = per_env
+        gs = int(hp.get("gradient_steps", 1))
+        if gs > 0:
+            out["gradient_steps"] = max(1, round(gs * per_env * n_envs / tf))
+    return out

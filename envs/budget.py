@@ -63,6 +63,25 @@ def check_budget(budget: float, budget_range: tuple[float, float]) -> float:
     return b
 
 
+def episode_budget(budget_range, budget, cycle_index: int | None, rng) -> float | None:
+    """An episode's FLOPs budget: ``budget`` if given (checked against the range), else drawn from
+    ``budget_range`` (uniformly with ``rng``, or, for a fixed evaluation set, the ``cycle_index``-th
+    term of a van der Corput sequence, which covers the range evenly); None without a range."""
+    if budget_range is None:
+        if budget is not None:
+            raise ValueError("options['budget'] needs a budget-conditioned env (EnvConfig.budget_range)")
+        return None
+    if budget is not None:
+        return check_budget(budget, budget_range)
+    lo, hi = budget_range
+    if cycle_index is not None:
+        i, u, base = cycle_index, 0.0, 0.5
+        while i:
+            u, i, base = u + base * (i & 1), i >> 1, base / 2
+        return lo + (hi - lo) * u
+    return float(lo + (hi - lo) * rng.random())
+
+
 class BudgetGuard:
     """Projects per-scale decisions so that a generation never ends above its FLOPs budget."""
 

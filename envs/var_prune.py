@@ -218,23 +218,10 @@ class VarPruneEnv(gym.Env):
 
     # ---- internals --------------------------------------------------------------------------------
     def _draw_budget(self, budget) -> float | None:
-        rng = self.config.budget_range
-        if rng is None:
-            if budget is not None:
-                raise ValueError("options['budget'] needs a budget-conditioned env (EnvConfig.budget_range)")
-            return None
-        from envs.budget import check_budget
+        from envs.budget import episode_budget
 
-        if budget is not None:
-            return check_budget(budget, rng)
-        lo, hi = rng
-        if self.config.prompt_order == "cycle":
-            # fixed evaluation set: a van der Corput sequence over episodes covers the range evenly
-            i, u, base = self._episode, 0.0, 0.5
-            while i:
-                u, i, base = u + base * (i & 1), i >> 1, base / 2
-            return lo + (hi - lo) * u
-        return float(lo + (hi - lo) * self.np_random.random())
+        cycle_index = self._episode if self.config.prompt_order == "cycle" else None
+        return episode_budget(self.config.budget_range, budget, cycle_index, self.np_random)
 
     def _reference(self, prompt: str, seed: int):
         key = (prompt, seed, self.generator.fingerprint())

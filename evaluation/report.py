@@ -99,6 +99,50 @@ def quality_only_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def budget_table(summary: dict) -> str:
+    """One block per agent row (each budget of a budget-conditioned run): the agent, the best static
+    schedule and the per-prompt oracle at the agent's total FLOPs (and FastVAR where the budget is
+    FastVAR's), the paired agent − best static difference, and the share of the static → oracle gap the
+    agent captures (per metric: (agent − static) / (oracle − static))."""
+    entries = summary.get("budgets") or []
+    if not entries:
+        return ""
+    methods, paired = summary["methods"], summary.get("paired", {})
+    keys = (("domain_attribute", "DomainEval attr"), ("domain_scene", "DomainEval scene"), ("ssim", "SSIM"),
+            ("quality", "quality"))
+    cols = (("flops_fraction", "transformer FLOPs"), ("total_flops_fraction", "total FLOPs")) + keys
+    lines = ["### Per budget: agent vs the best static schedule at the same FLOPs vs the per-prompt oracle", "",
+             "| budget | method | " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    gaps = []
+    for e in entries:
+        b = "-" if e["budget"] is None else f"{e['budget']:.3f}"
+        names = [e["agent"], e["best_static"], e["oracle"], e["random"]]
+        if e["budget"] is not None and "fastvar" in methods:
+            fv = methods["fastvar"]["metrics"].get("flops_fraction", {}).get("mean")
+            if fv is not None and abs(fv - e["budget"]) < 1e-3:
+                names.append("fastvar")
+        for nm in names:
+            if nm in methods:
+                label = nm + (" (upper bound)" if methods[nm].get("upper_bound") else "")
+                lines.append(f"| {b} " + _row(label, methods[nm]["metrics"], cols))
+        comp = paired.get(f"{e['agent']} vs {e['best_static']}")
+        parts = []
+        for k, t in keys:
+            try:
+                a, st, orc = (methods[x]["metrics"][k]["mean"] for x in (e["agent"], e["best_static"], e["oracle"]))
+            except KeyError:
+                continue
+            c = (comp or {}).get(k)
+            diff = "" if c is None or c["ci95"] != c["ci95"] else f"{c['mean_diff']:+.4f} ± {c['ci95']:.4f}, "
+            share = (a - st) / (orc - st) if orc - st > 1e-12 else float("nan")
+            parts.append(f"{t}: {diff}gap captured {share:.0%}" if share == share else f"{t}: {diff}gap n/a")
+        gaps.append(f"- {e['agent']} − {e['best_static']} (budget {b}): " + "; ".join(parts))
+    lines.append("")
+    lines.append("Paired agent − best static (prompt-clustered mean ± 95% CI) and the share of the best-static → "
+                 "oracle gap the agent captures (negative: below the best static schedule):")
+    return "\n".join(lines + gaps)
+
+
 def static_search_lines(summary: dict) -> str:
     g = summary.get("grid", {})
     lines = ["### Best static schedules (chosen on validation by quality; the judge is never used to choose)", ""]

@@ -1,7 +1,10 @@
 """Cache of unpruned reference images (and their CLIP scores), keyed by (prompt, seed, generator).
 
 In memory (LRU, ``max_items``) and optionally on disk (one safetensors file per key, written
-atomically), so a reference is generated once per (prompt, seed) across episodes and runs.
+atomically), so a reference is generated once per (prompt, seed) across episodes and runs. The key
+holds the generator's fingerprint, so a cache directory can be shared by runs of different
+generators. ``get_or_create_many`` makes all missing references of a list in batches (the batched
+vector env, and ``precompute`` before training).
 """
 
 from __future__ import annotations
@@ -58,6 +61,58 @@ class ReferenceCache:
         if self.directory is not None and not self._file(key).exists():
             self._save(key, image, score)
         return image, score
+
+    def get_or_create_many(self, keys: list, make: Callable[[list[int]], torch.Tensor], clip=None,
+                           prompts: list[str] | None = None, batch_size: int = 32) -> list[tuple[torch.Tensor, float | None]]:
+        """``get_or_create`` for many keys at once: the missing references are made together,
+        ``make(indices)`` -> (len(indices), 3, H, W) for the listed positions of ``keys``, at most
+        ``batch_size`` at a time, and their CLIP scores (with ``clip``) in one batched call per chunk.
+        Returns one (image (1, 3, H, W), CLIP score or None) per key."""
+        if clip is not None and (prompts is None or len(prompts) != len(keys)):
+            raise ValueError("CLIP scores of the references need one prompt per key")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        found: dict = {}
+        missing: list[int] = []
+        for i, key in enumerate(keys):
+            if key in found:
+                continue
+            if key in self._items:
+                self._items.move_to_end(key)
+                found[key] = self._items[key]
+                self.hits += 1
+                continue
+            image, score = self._load(key)
+            if image is None:
+                missing.append(i)
+                found[key] = None
+            else:
+                self.hits += 1
+                found[key] = (image, score)
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            self.misses += len(chunk)
+            with torch.no_grad():
+                images = make(chunk).detach().cpu()
+            for j, i in enumerate(chunk):
+                found[keys[i]] = (images[j:j + 1].clone(), None)
+        first = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        need_score = [i for key, i in first.items() if clip is not None and found[key][1] is None]
+        for start in range(0, len(need_score), batch_size):
+            chunk = need_score[start:start + batch_size]
+            scores = clip.score(torch.cat([found[keys[i]][0] for i in chunk]), [prompts[i] for i in chunk]).tolist()
+            for i, sc in zip(chunk, scores):
+                found[keys[i]] = (found[keys[i]][0], float(sc))
+        for key, (image, score) in found.items():
+            self._items[key] = (image, score)
+            self._items.move_to_end(key)
+            if self.directory is not None and not self._file(key).exists():
+                self._save(key, image, score)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return [found[key] for key in keys]
 
     def _load(self, key):
         if self.directory is None or not self._file(key).is_file():

@@ -124,3 +124,46 @@ class RewardFunction:
         terms.update(flops_fraction=float(used_fraction), budget_excess=excess, quality_reward=reward)
         reward -= c.budget_penalty * excess
         return float(reward), terms
+
+    def terminal_batch(self, images: torch.Tensor, references: torch.Tensor, prompts: list[str],
+                       used_fractions: list[float], reference_clips: list[float] | None = None,
+                       budgets: list[float | None] | None = None) -> list[tuple[float, dict]]:
+        """``terminal`` for a batch, each metric computed once for all images (SSIM, PSNR, CLIP, LPIPS on
+        the (B, 3, H, W) batch); one (reward, terms) per image (``budgets``: each episode's budget, or
+        None). Equal to ``terminal`` image by image up to the metrics' batch-size rounding (~1e-7)."""
+        c = self.config
+        B = images.shape[0]
+        budgets = [None] * B if budgets is None else list(budgets)
+        if not (references.shape[0] == len(prompts) == len(used_fractions) == B):
+            raise ValueError(f"terminal_batch needs one reference, prompt and FLOPs fraction per image: got "
+                             f"{B} images, {references.shape[0]} references, {len(prompts)} prompts, "
+                             f"{len(used_fractions)} fractions")
+        s_B = ssim(images, references).tolist()
+        p_B = psnr(images, references).tolist()
+        clip_B = ref_B = lp_B = None
+        if self.clip is not None:
+            clip_B = self.clip.score(images, prompts).tolist()
+            ref_B = (self.clip.score(references, prompts).tolist() if reference_clips is None
+                     else [float(r) for r in reference_clips])
+        if self.lpips is not None:
+            lp_B = self.lpips(images, references).tolist()
+        out = []
+        for b in range(B):
+            terms: dict = {"ssim": float(s_B[b]), "psnr": float(p_B[b])}
+            reward = 0.0
+            reward -= c.ssim_weight * (1.0 - terms["ssim"])
+            reward -= c.psnr_weight * (1.0 - min(terms["psnr"], c.psnr_cap_db) / c.psnr_cap_db)
+            if clip_B is not None:
+                score, ref = float(clip_B[b]), float(ref_B[b])
+                terms.update(clip_score=score, clip_reference=ref, clip_delta=score - ref)
+                reward += c.clip_weight * (score - ref)
+            if lp_B is not None:
+                terms["lpips"] = float(lp_B[b])
+                reward -= c.lpips_weight * terms["lpips"]
+            u = float(used_fractions[b])
+            budget = c.flops_budget if budgets[b] is None else budgets[b]
+            excess = 0.0 if budget is None else max(0.0, u - budget)
+            terms.update(flops_fraction=u, budget_excess=excess, quality_reward=reward)
+            reward -= c.budget_penalty * excess
+            out.append((float(reward), terms))
+        return out

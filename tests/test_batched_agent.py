@@ -98,3 +98,25 @@ def test_generate_batch_size_writes_the_same_decisions(trained, tmp_path):
         assert b["batch_size"] == (3 if name != "p3" else 1)
     assert generate.main(["--prompts", str(prompts), "--batch-size", "0", "--out", str(tmp_path / "x")]) == 2
     assert generate.main(["--prompts", str(prompts), "--batch-size", "2", "--dft", "--out", str(tmp_path / "x")]) == 2
+
+
+def _per_image(path):
+    import csv
+
+    return {(r["method"], r["prompt"], r["seed"]): (r["ratios"], r["flops_fraction"]) for r in csv.DictReader(open(path))}
+
+
+def test_evaluate_agent_batch_size_gives_the_batch_one_decisions(trained, tmp_path):
+    """evaluate_agent.py --batch-size 3 generates each method's images three at a time (the agent deciding
+    per image, random schedules as per-image ratios in one batch): every image's decisions and FLOPs are
+    those of the batch-1 evaluation."""
+    import evaluate_agent
+
+    base = ["--run", str(trained), "--num-prompts", "3", "--seeds", "0", "--no-static-search"]
+    assert evaluate_agent.main(base + ["--out", str(tmp_path / "b1")]) == 0
+    assert evaluate_agent.main(base + ["--batch-size", "3", "--out", str(tmp_path / "b3"), "--json", str(tmp_path / "s.json")]) == 0
+    one, three = _per_image(tmp_path / "b1" / "per_image.csv"), _per_image(tmp_path / "b3" / "per_image.csv")
+    assert one.keys() == three.keys() and len(one) >= 15
+    assert one == three
+    assert json.loads((tmp_path / "s.json").read_text())["generation"]["batch_size"] == 3
+    assert evaluate_agent.main(base + ["--batch-size", "0", "--out", str(tmp_path / "x")]) == 2

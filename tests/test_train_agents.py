@@ -107,7 +107,7 @@ def test_broken_runs_are_clear_errors(trained, tmp_path):
 def test_every_algorithm_trains_evaluates_and_plugs_in(algo, tmp_path):
     """Each YAML builds, learns for a few steps (replay-buffer algorithms past learning_starts), and the
     resulting run drives generation (dqn through the discrete ratio grid)."""
-    hp = ["--hp", "learning_starts=16", "--hp", "batch_size=16"] if algo in ("sac", "td3", "ddpg", "dqn") else ["--hp", "n_steps=8"]
+    hp = ["--hp", "learning_starts=16", "--hp", "batch_size=16"] if algo in ("sac", "td3", "ddpg", "dqn") else ["--hp", "n_steps=16"]
     assert train.main(["--algo", algo, "--total-timesteps", "48", "--eval-freq", "48", "--checkpoint-freq", "48",
                        "--eval-episodes", "2", "--no-progress", "--out", str(tmp_path), "--name", algo] + hp) == 0
     run = tmp_path / algo
