@@ -26,6 +26,7 @@ from generator.weights_io import atomic_write_json
 DEFAULT_OUT = Path("runs")
 DEFAULT_N_ENVS = 16
 REFERENCE_BATCH = 32
+DEFAULT_BUDGET_RANGE = (0.2, 0.6)  # the embedded model: forced spend 0.184 .. well above FastVAR's 0.347
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint-freq", type=int, default=2000)
     ap.add_argument("--image-seeds", type=int, default=2)
     ap.add_argument("--num-controllable", type=int, default=4)
-    ap.add_argument("--allow-drop-unconditional", action="store_true")
+    ap.add_argument("--allow-drop-unconditional", action=argparse.BooleanOptionalAction, default=None,
+                    help="per scale, the agent may drop the unconditional CFG branch (half of that scale's compute); "
+                         "default: on for budget-conditioned runs (the default), off with --fixed-budget")
     ap.add_argument("--cfg", type=float, default=None,
                     help="classifier-free guidance scale (default: 3 for tiny; for infinity the options file's 'cfg', "
                          "which this overrides)")
@@ -75,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="train a budget-conditioned agent: each episode's FLOPs budget (fraction of the unpruned "
                         "transformer FLOPs) is drawn from [LOW, HIGH] and observed; a budget guard keeps every "
-                        "image within it")
+                        f"image within it (default on --generator tiny: {DEFAULT_BUDGET_RANGE[0]} "
+                        f"{DEFAULT_BUDGET_RANGE[1]})")
+    g.add_argument("--fixed-budget", action="store_true",
+                   help="train the earlier fixed-budget agent instead (reward: FLOPs bonus + quality, penalty beyond "
+                        "--flops-budget; no budget in the observation)")
     g.add_argument("--flops-weight", type=float, default=None)
     g.add_argument("--clip-weight", type=float, default=None)
     g.add_argument("--ssim-weight", type=float, default=None)
@@ -119,6 +126,15 @@ def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
     from rewards.reward import RewardConfig
 
     budget_range = getattr(args, "budget_range", None)
+    if getattr(args, "fixed_budget", False):
+        if budget_range is not None:
+            raise ValueError("--fixed-budget and --budget-range cannot be combined")
+    elif (budget_range is None and args.generator == "tiny" and args.flops_budget is None
+          and args.reward_preset in (None, "embedded_budget")):
+        budget_range = DEFAULT_BUDGET_RANGE  # the default: one agent for every budget in the range
+    allow_drop = args.allow_drop_unconditional
+    if allow_drop is None:
+        allow_drop = budget_range is not None
     preset = args.reward_preset or ("infinity" if args.generator != "tiny" else
                                     "embedded_budget" if budget_range is not None else "embedded")
     reward = {"embedded": RewardConfig.embedded, "embedded_budget": RewardConfig.embedded_budget,
@@ -142,7 +158,7 @@ def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
             infinity["cfg"] = args.cfg
         cfg_scale = infinity.get("cfg", cfg_scale)
     return EnvConfig(generator=args.generator, prompts=args.train_prompts, image_seeds=args.image_seeds,
-                     num_controllable=args.num_controllable, allow_drop_unconditional=args.allow_drop_unconditional,
+                     num_controllable=args.num_controllable, allow_drop_unconditional=allow_drop,
                      cfg_scale=cfg_scale, reward=reward, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                      lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone, infinity=infinity,
                      budget_range=None if budget_range is None else tuple(budget_range)).validate()
@@ -289,15 +305,6 @@ def main(argv: list[str] | None = None) -> int:
                                    "prompt_order": "cycle"})
 
     train_prompts = load_prompts_for(env_cfg.prompts)
-    pairs = len(train_prompts) * env_cfg.image_seeds
-    episodes_expected = total / max(1, min(env_cfg.num_controllable, generator.num_scales))
-    if args.precompute_references == "on" or (args.precompute_references == "auto" and episodes_expected >= pairs):
-        t0 = time.time()
-        precompute_references(generator, refs, clip if env_cfg.reward.clip_weight > 0 else None, train_prompts,
-                              env_cfg.image_seeds)
-        print(f"references: {pairs} (prompt, seed) pairs ready in {time.time() - t0:.1f} s "
-              f"({refs.misses} made in batches of {REFERENCE_BATCH}, {refs.hits} from {env_cfg.reference_cache_dir or 'memory'})")
-
     if args.vec_env == "batched":
         from envs.batched import BatchedVarPruneEnv
 
@@ -366,6 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(run / "config.json", config)
         print(f"run {run}: {algo}, {total} steps; FastVAR on validation: reward {baselines['fastvar']['mean_reward']:.4f} "
               f"at {baselines['fastvar']['flops_fraction']:.3f} of full FLOPs")
+
+    # after the model is built: a bad hyperparameter fails in seconds, before minutes of references
+    pairs = len(train_prompts) * env_cfg.image_seeds
+    episodes_expected = total / max(1, min(env_cfg.num_controllable, generator.num_scales))
+    if args.precompute_references == "on" or (args.precompute_references == "auto" and episodes_expected >= pairs):
+        t0 = time.time()
+        precompute_references(generator, refs, clip if env_cfg.reward.clip_weight > 0 else None, train_prompts,
+                              env_cfg.image_seeds)
+        print(f"references: {pairs} (prompt, seed) pairs ready in {time.time() - t0:.1f} s "
+              f"({refs.misses} made in batches of {REFERENCE_BATCH}, {refs.hits} from {env_cfg.reference_cache_dir or 'memory'})")
 
     eval_cb = PruningEvalCallback(eval_env, run, n_eval_episodes=eval_episodes, eval_freq=max(1, args.eval_freq // args.n_envs),
                                   deterministic=True, verbose=0)

@@ -20,7 +20,7 @@ from agents.progress import format_duration, progress_line
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a large red solid circle in the centre on a plain gray background"
 SHORT = ["--total-timesteps", "128", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
-         "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--log-interval", "32"]
+         "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--log-interval", "32", "--fixed-budget"]
 
 
 @pytest.fixture(scope="module")

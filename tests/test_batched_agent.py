@@ -17,7 +17,7 @@ from domain import load_prompts
 from embedded.loaders import load_embedded_generator
 
 TINY = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
-        "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress"]
+        "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--fixed-budget"]
 
 
 @pytest.fixture(scope="module")

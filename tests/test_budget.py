@@ -130,3 +130,50 @@ def test_generate_with_a_budget_conditioned_agent_stays_within_the_budget(budget
     assert generate.main(["--prompts", "test", "--num-prompts", "1", "--agent", str(budget_run), "--out", str(out)]) == 2
     assert "budget-conditioned" in capsys.readouterr().err
     assert generate.main(["--prompts", "test", "--num-prompts", "1", "--budget", "0.3", "--out", str(out)]) == 2
+
+
+def test_evaluate_agent_budgets_give_one_agent_row_per_budget(budget_run, tmp_path, capsys):
+    """--budgets: the run once per budget, each with its own rows in summary['budgets']; budgets outside
+    the trained range and duplicates are errors naming them."""
+    import json
+
+    import evaluate_agent
+    from evaluate_agent import parse_budget
+
+    assert parse_budget("fastvar", 0.35) == pytest.approx(0.35)
+    assert parse_budget("0.8fastvar", 0.35) == pytest.approx(0.28)
+    assert parse_budget("0.3", 0.35) == 0.3
+    with pytest.raises(ValueError, match="'half' is not a budget"):
+        parse_budget("half", 0.35)
+    base = ["--run", str(budget_run), "--num-prompts", "2", "--seeds", "0", "--no-static-search", "--latency-images", "0"]
+    out = tmp_path / "e"
+    assert evaluate_agent.main(base + ["--budgets", "0.3", "0.5", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    agents = [e["agent"] for e in summary["budgets"]]
+    assert agents == ["rl:b@0.300", "rl:b@0.500"] and [e["budget"] for e in summary["budgets"]] == [0.3, 0.5]
+    for name, b in (("rl:b@0.300", 0.3), ("rl:b@0.500", 0.5)):
+        assert summary["methods"][name]["metrics"]["flops_fraction"]["mean"] <= b + 1e-9
+    assert "random:b@0.500" in summary["methods"]
+    assert "Per budget" in (out / "table.md").read_text()
+    assert evaluate_agent.main(base + ["--budgets", "0.3", "0.9", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "budget 0.9000 is outside the range" in err and "[0.25, 0.6]" in err
+    assert evaluate_agent.main(base + ["--budgets", "0.3", "0.30", "--out", str(tmp_path / "x")]) == 2
+    assert "twice" in capsys.readouterr().err
+
+
+def test_default_train_config_is_budget_conditioned_with_cfg_dropping():
+    """The default `python train.py` trains one agent for every budget in [0.2, 0.6], with the CFG-drop
+    lever and the quality-only reward; --fixed-budget (or --flops-budget) gives the earlier agent."""
+    def resolve(argv):
+        return train.resolve_env_config(train.build_parser().parse_args(argv))
+
+    cfg = resolve([])
+    assert cfg.budget_range == (0.2, 0.6) and cfg.allow_drop_unconditional
+    assert cfg.reward.to_dict() == RewardConfig.embedded_budget().to_dict()
+    assert not resolve(["--no-allow-drop-unconditional"]).allow_drop_unconditional
+    for argv in (["--fixed-budget"], ["--flops-budget", "0.3"], ["--reward-preset", "embedded"]):
+        fixed = resolve(argv)
+        assert fixed.budget_range is None and not fixed.allow_drop_unconditional, argv
+    with pytest.raises(ValueError, match="--fixed-budget and --budget-range"):
+        resolve(["--fixed-budget", "--budget-range", "0.2", "0.5"])

@@ -122,7 +122,7 @@ def test_budget_range_is_read_only_where_a_run_records_one():
 
 
 SHORT_RUN = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
-             "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress"]
+             "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--fixed-budget"]
 
 
 def test_a_trained_agent_runs_beside_the_schedules_and_a_budget_it_cannot_take_is_refused(explorer, tmp_path, capsys):
@@ -152,7 +152,7 @@ def test_a_trained_agent_runs_beside_the_schedules_and_a_budget_it_cannot_take_i
 
 
 def test_a_budget_conditioned_agent_gets_the_sliders_budget_and_keeps_within_it(explorer, tmp_path, capsys):
-    assert train.main(SHORT_RUN + ["--budget-range", "0.25", "0.6", "--out", str(tmp_path), "--name", "b"]) == 0
+    assert train.main([a for a in SHORT_RUN if a != "--fixed-budget"] + ["--budget-range", "0.25", "0.6", "--out", str(tmp_path), "--name", "b"]) == 0
     run = tmp_path / "b"
     text, budget_range = agent_form_state(str(run))
     assert budget_range == (0.25, 0.6) and "FLOPs budget range 0.25–0.6" in text

@@ -16,7 +16,7 @@ import train
 from envs.config import EnvConfig
 
 TINY = ["--total-timesteps", "64", "--eval-freq", "32", "--checkpoint-freq", "32", "--eval-episodes", "2",
-        "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--n-envs", "4"]
+        "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--n-envs", "4", "--fixed-budget"]
 PROMPTS = ["a large red solid circle in the centre on a plain gray background",
            "a small blue striped square at the top left on a noisy navy background",
            "a medium green striped cross on the left on a plain black background",

@@ -15,7 +15,7 @@ from agents.schedule import RunError, load_agent_schedule
 from embedded.loaders import load_embedded_generator
 
 SHORT = ["--total-timesteps", "128", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "4",
-         "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=2", "--no-progress"]
+         "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=2", "--no-progress", "--fixed-budget"]
 
 
 def curve(run):
@@ -109,7 +109,7 @@ def test_every_algorithm_trains_evaluates_and_plugs_in(algo, tmp_path):
     resulting run drives generation (dqn through the discrete ratio grid)."""
     hp = ["--hp", "learning_starts=16", "--hp", "batch_size=16"] if algo in ("sac", "td3", "ddpg", "dqn") else ["--hp", "n_steps=16"]
     assert train.main(["--algo", algo, "--total-timesteps", "48", "--eval-freq", "48", "--checkpoint-freq", "48",
-                       "--eval-episodes", "2", "--no-progress", "--out", str(tmp_path), "--name", algo] + hp) == 0
+                       "--eval-episodes", "2", "--no-progress", "--fixed-budget", "--out", str(tmp_path), "--name", algo] + hp) == 0
     run = tmp_path / algo
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["env"]["action_mode"] == ("discrete" if algo == "dqn" else "continuous")
