@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--refine-rounds", type=int, default=3, help="local refinement rounds after the grid (0 = grid only)")
     c.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=True,
                    help="per-prompt oracle (evaluates every fitting grid schedule on the test items; the slowest part)")
+    c.add_argument("--oracle-candidates", type=int, default=0, metavar="K",
+                   help="the oracle chooses, per test prompt, among the K grid schedules within each target that are "
+                        "best on validation (plus the best static schedule); 0 = every grid schedule within the target")
     c.add_argument("--cache-dir", type=Path, default=Path("results") / "cache",
                    help="per-item results of static schedules, reused by reruns (keyed by generator, items, scorer)")
     c.add_argument("--budget", type=float, default=None, help="one FLOPs budget for budget-conditioned runs (fraction "
@@ -91,6 +94,7 @@ def check_compare_args(args) -> None:
     check_non_negative("--refine-rounds", args.refine_rounds)
     check_positive("--batch-size", args.batch_size)
     check_non_negative("--latency-images", args.latency_images)
+    check_non_negative("--oracle-candidates", args.oracle_candidates)
     from evaluation.metrics import check_unique
 
     check_unique(f"seeds in --seeds {' '.join(map(str, args.seeds))}", args.seeds)
@@ -272,10 +276,11 @@ def compare_mode(args, suite) -> int:
     if len(keys) > 1:
         raise ValueError(f"runs were trained on different generators / CFG scales {sorted(keys)}: evaluate them separately")
     firsts = {c["observation_layout"]["first_controllable_scale"] for c in configs}
-    if len(firsts) > 1:
+    if len(firsts) > 1 and args.static_search:
         raise ValueError(f"runs control different scales (first controllable scale {sorted(firsts)}): evaluate them "
                          "separately (each gets a static baseline with the same levers)")
-    first = firsts.pop()
+    first = min(firsts)  # (several only with --no-static-search)
+    first_of = {r: c["observation_layout"]["first_controllable_scale"] for r, c in zip(runs, configs)}
     env0 = env_cfgs[0]
     domain_prompts = env0.generator == "tiny"  # the procedural domain: prompts must be in its grammar
     prompts = load_prompts(args.prompts)[: args.num_prompts]
@@ -342,7 +347,7 @@ def compare_mode(args, suite) -> int:
         static = build_static_baselines(generator, first, targets, val_items, items, refs, rfn, domain,
                                         skip_threshold=env0.skip_threshold, refine_rounds=args.refine_rounds,
                                         oracle=args.oracle, cache_dir=args.cache_dir, grid_ratios=tuple(args.grid_ratios),
-                                        log=log)
+                                        batch_size=args.batch_size, oracle_candidates=args.oracle_candidates, log=log)
         log(f"static search: {static.info}")
         for label, res in static.search.items():
             suffix = "" if (len(agents) == 1 and label.startswith("rl:")) else (
@@ -364,7 +369,7 @@ def compare_mode(args, suite) -> int:
     for rl, run, env_cfg, _ in agents:
         rng = np.random.default_rng(0)
         target_t = float(np.mean([r["flops_fraction"] for r in results[rl][1]]))
-        rand = [RatioListSchedule(tuple(random_schedule_at(generator, target_t, first, rng, env_cfg.skip_threshold)))
+        rand = [RatioListSchedule(tuple(random_schedule_at(generator, target_t, first_of[run], rng, env_cfg.skip_threshold)))
                 for _ in items]
         name = "random" + ("" if len(agents) == 1 else f":{rl[3:]}")
         results[name] = generate_method(Method(name, per_image=lambda i, rand=rand: rand[i]))
@@ -445,6 +450,10 @@ def compare_mode(args, suite) -> int:
         for other in ("fastvar", "best_static" + suffix, "best_static@fastvar", "oracle" + suffix):
             if other in per_method:
                 summary["paired"][f"{rl} vs {other}"] = paired_rows(per_method[rl], per_method[other], PAIRED_METRICS)
+    for i, (rl_a, run_a, _, b_a) in enumerate(agents):  # ablations: runs at the same budget, paired
+        for rl_b, run_b, _, b_b in agents[i + 1:]:
+            if run_a != run_b and b_a == b_b:
+                summary["paired"][f"{rl_a} vs {rl_b}"] = paired_rows(per_method[rl_a], per_method[rl_b], PAIRED_METRICS)
     for other in ("best_static@fastvar", "oracle@fastvar"):
         if other in per_method:
             summary["paired"][f"{other} vs fastvar"] = paired_rows(per_method[other], per_method["fastvar"], PAIRED_METRICS)

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--agent", default=None, help="a train.py run: time its per-image decisions instead")
+    ap.add_argument("--budget", type=float, default=None, help="budget of a budget-conditioned --agent (fraction of the "
+                    "unpruned transformer FLOPs; default: FastVAR's)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -58,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     fv = schedule_ratios(FastVARSchedule(), n)
     agent = None
     if args.agent:
-        from agents.schedule import load_agent_schedule
+        from agents.schedule import load_agent_schedule, read_run_config
 
-        agent = load_agent_schedule(args.agent, g)
+        budget = args.budget
+        if budget is None and read_run_config(args.agent)["env"].get("budget_range") is not None:
+            budget = g.flops_fraction(fv)
+        agent = load_agent_schedule(args.agent, g, budget=budget)
         _, st = g.generate(prompts, seeds, schedule=agent)
         mixed = [[r.ratio for r in st.image_reports(b)] for b in range(B)]
     else:

@@ -213,5 +213,8 @@ def test_evaluate_agent_compares_several_runs(trained, tmp_path, capsys):
     rl = sorted(m for m in methods if m.startswith("rl:"))
     assert rl == sorted([f"rl:{trained.parent.name}/{trained.name}", f"rl:other/{trained.name}"])
     assert len([m for m in methods if m.startswith("random:")]) == 2
+    paired = json.loads((tmp_path / "s.json").read_text())["paired"]  # the ablation pair: identical runs, no difference
+    (key,) = [k for k in paired if k.startswith("rl:") and " vs rl:" in k]
+    assert paired[key]["ssim"]["mean_diff"] == 0.0 and paired[key]["flops_fraction"]["mean_diff"] == 0.0
     assert evaluate_agent.main(["--run", str(trained), "--run", str(trained)]) == 2
     assert "twice" in capsys.readouterr().err
