@@ -140,6 +140,7 @@ def test_evaluate_agent_compare_mode_on_a_run(trained, tmp_path, capsys):
     out = tmp_path / "ev"
     argv = ["--run", str(trained), "--num-prompts", "3", "--seeds", "0", "1", "--search-num-prompts", "2",
             "--grid-ratios", "0.5", "--refine-rounds", "1", "--grid-prompts", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--oracle-candidates", "0",
             "--out", str(out), "--json", str(tmp_path / "s.json")]
     assert evaluate_agent.main(argv) == 0
     table = capsys.readouterr().out
@@ -174,6 +175,14 @@ def test_evaluate_agent_compare_mode_on_a_run(trained, tmp_path, capsys):
     again = json.loads((tmp_path / "s.json").read_text())
     assert again["grid"]["val_schedules_generated"] == 0 and again["grid"]["test_schedules_generated"] == 0
     assert again["static_search"] == summary["static_search"]
+    # --oracle-candidates: the oracle picks among the 2 best-on-validation grid schedules plus the best static
+    # one, so per prompt it is at least the best static schedule (on quality, which it maximises)
+    assert evaluate_agent.main(argv + ["--oracle-candidates", "2"]) == 0
+    few = json.loads((tmp_path / "s.json").read_text())
+    assert 2 <= few["methods"]["oracle"]["oracle"]["candidates"] <= 3
+    assert few["grid"]["oracle_candidate_rule"].startswith("the 2 grid schedules")
+    fm = few["methods"]
+    assert fm["oracle"]["metrics"]["quality"]["mean"] >= fm["best_static"]["metrics"]["quality"]["mean"] - 1e-9
     assert evaluate_agent.main(["--run", str(tmp_path / "nope")]) == 2
 
 
