@@ -480,13 +480,19 @@ def vector_to_ratios(x: np.ndarray, num_scales: int, first: int, skip_threshold:
 
 def random_schedule_at(generator, target_fraction: float, first: int, rng: np.random.Generator,
                        skip_threshold: float = 0.9, tolerance: float = 0.02, tries: int = 20000) -> list[float]:
-    """A uniformly random controllable ratio vector whose transformer FLOPs fraction is within
-    ``tolerance`` of the target (CFG kept everywhere)."""
+    """A random controllable ratio vector whose transformer FLOPs fraction is within ``tolerance`` of the
+    target (CFG kept everywhere). Each try draws u ~ U(0, 1)^k and raises it to a random power in
+    [0.2, 5] (one per try): power 1 is uniform, small powers push ratios towards skipping and large
+    ones towards keeping, so low and high targets are reached in a few tries rather than thousands."""
     n = generator.num_scales
+    full = float(generator.flops_full())
+    unpruned = float(sum(generator.schedule_flops([0.0] * n)))
     best, best_gap = None, float("inf")
     for _ in range(tries):
-        ratios = vector_to_ratios(rng.random(n - first), n, first, skip_threshold)
-        gap = abs(generator.flops_fraction(ratios) - target_fraction)
+        u = rng.random(n - first) ** float(np.exp(rng.uniform(np.log(0.2), np.log(5.0))))
+        ratios = vector_to_ratios(u, n, first, skip_threshold)
+        # = generator.flops_fraction(ratios), without recomputing the unpruned image's FLOPs every try
+        gap = abs(1.0 + (float(sum(generator.schedule_flops(ratios))) - unpruned) / full - target_fraction)
         if gap <= tolerance:
             return ratios
         if gap < best_gap:
