@@ -370,8 +370,8 @@ class StaticSearchResult:
 def neighbours(schedule: StaticSchedule, first: int, guided: list[bool], max_ratio: float,
                steps: Sequence[float] = REFINE_STEPS) -> list[StaticSchedule]:
     """Coordinate moves on the controllable scales: ratio +-step (a ratio reaching ``max_ratio`` - the
-    agent's skip threshold - becomes a skip; a skip moves down to 1 - step), and flipping the drop flag
-    of a guided, non-skipped scale."""
+    agent's skip threshold - becomes a skip; a skip moves down to 1 - step, on a guided scale also with
+    the CFG branch dropped), and flipping the drop flag of a guided, non-skipped scale."""
     out = []
     r0, d0 = list(schedule.ratios), list(schedule.drop_uncond)
     for k in range(first, len(r0)):
@@ -387,6 +387,9 @@ def neighbours(schedule: StaticSchedule, first: int, guided: list[bool], max_rat
                 if r >= 1.0:
                     drops[k] = False
                 if (ratios, drops) != (r0, d0):
+                    out.append(StaticSchedule(tuple(ratios), tuple(drops)))
+                if r0[k] >= 1.0 and r < 1.0 and guided[k]:  # leaving a skip: also without the CFG branch,
+                    drops[k] = True  # which may be the only way back under the target (one move, not two)
                     out.append(StaticSchedule(tuple(ratios), tuple(drops)))
         if r0[k] < 1.0 and guided[k]:
             drops = list(d0)

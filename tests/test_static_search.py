@@ -81,7 +81,9 @@ def test_neighbours_move_ratios_skip_and_flags():
     assert ((0, 0, 0, 0.75, 0.875, 0.0, 0.5), d) in rat and not any(n.ratios[4] == 0.95 for n in nb)  # 0.95 = a skip
     assert ((0, 0, 0, 0.75, 1.0, 0.0, 0.5), (False,) * 7) in rat       # CFG flag flipped back on
     assert all(n.ratios[5] >= 0 for n in nb) and s not in nb
-    assert not any(n.drop_uncond[4] for n in nb)                       # a skipped scale has no flag
+    assert not any(n.drop_uncond[4] and n.ratios[4] >= 1.0 for n in nb)  # a skipped scale has no flag
+    d4 = d[:4] + (True,) + d[5:]  # leaving a skip, also without the CFG branch (one move: it may be the only fit)
+    assert ((0, 0, 0, 0.75, 0.875, 0.0, 0.5), d4) in rat
     # ratios reaching the skip threshold become a skip
     nb2 = neighbours(StaticSchedule((0, 0, 0, 0, 0, 0, 0.85)), 6, [True] * 7, max_ratio=0.9)
     assert StaticSchedule((0, 0, 0, 0, 0, 0, 1.0)) in nb2
