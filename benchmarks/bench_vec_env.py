@@ -77,13 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         if n != args.n:
             makers[f"batched N={n}"] = (lambda n=n: BatchedVarPruneEnv(cfg, n, generator=gen, clip=clip, prompts=prompts,
                                                                        reference_cache=refs()))
-    ray_envs = {}
-    if args.ray_workers:
-        from envs.ray_vec import RayVecEnv
-
-        for k in args.ray_workers:  # built once (actor start-up is not what is measured)
-            ray_envs[f"Ray {k} worker(s) x {args.n // k}"] = RayVecEnv(cfg, args.n, k, prompts=prompts)
-    samples: dict[str, list[float]] = {name: [] for name in list(makers) + list(ray_envs)}
+    ray_names = {k: f"Ray {k} worker(s) x {args.n // k}" for k in args.ray_workers}
+    samples: dict[str, list[float]] = {name: [] for name in list(makers) + list(ray_names.values())}
     print(f"torch threads {torch.get_num_threads()}, {steps} vector steps ({args.episodes} episodes) per env per round, "
           f"{args.rounds} rounds, references {'cold' if args.cold else 'warm'}")
     for r in range(args.rounds):
@@ -92,20 +87,23 @@ def main(argv: list[str] | None = None) -> int:
             venv.seed(r)
             secs = run_steps(venv, steps, np.random.default_rng(r))
             samples[name].append(venv.num_envs * steps / secs)
-        for name, venv in ray_envs.items():
+    for k, name in ray_names.items():  # one configuration at a time: each holds its CPUs in the local Ray
+        from envs.ray_vec import RayVecEnv
+
+        venv = RayVecEnv(cfg, args.n, k, prompts=prompts)  # built once: actor start-up is not what is measured
+        for r in range(args.rounds):
             venv.seed(r)
             samples[name].append(venv.num_envs * steps / run_steps(venv, steps, np.random.default_rng(r)))
+        venv.close()
     median = {k: statistics.median(v) for k, v in samples.items()}
     base = median[f"DummyVecEnv of {args.n}"]
     print("| env | env steps/s (median) | vs DummyVecEnv |")
     print("|---|---|---|")
     for name, v in median.items():
         print(f"| {name} | {v:.1f} | {v / base:.2f}x |")
-    if len(ray_envs) > 1:
-        names = list(ray_envs)
+    if len(ray_names) > 1:
+        names = list(ray_names.values())
         print(f"Ray: {names[-1]} vs {names[0]}: {median[names[-1]] / median[names[0]]:.2f}x")
-    for venv in ray_envs.values():
-        venv.close()
     return 0
 
 
