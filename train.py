@@ -476,6 +476,12 @@ def summarize(run: Path, seconds: float) -> dict:
     note = ("validation figures: the selected model is the best of {n} evaluations on these same validation "
             "episodes (selection-biased upwards), FastVAR is evaluated once on them; test figures come only from "
             "`python evaluate_agent.py`").format(n=len(rows))
+    cfg_path = run / "config.json"
+    budget_range = json.loads(cfg_path.read_text())["env"].get("budget_range") if cfg_path.is_file() else None
+    if budget_range is not None:  # the agent's episodes spend their own budgets, FastVAR its fixed 0.347
+        note += (f"; the agent's validation episodes have budgets spread over [{budget_range[0]:g}, {budget_range[1]:g}] "
+                 "while FastVAR runs at its own FLOPs, so the two are not at matched FLOPs (evaluate_agent.py "
+                 "compares them at matched budgets)")
     summary = {"run": str(run), "wall_clock_s": round(seconds, 1), "fastvar": fv, "original": base["original"],
                "best_eval": best, "evaluations": len(rows), "validation_note": note}
     if best is not None:
