@@ -26,8 +26,8 @@ from embedded.text import tokenize
 from embedded.tokenizer import MultiScaleVQTokenizer, next_scale_input
 from embedded.transformer import BranchContext, NextScaleTransformer
 from generator.guidance import GuidanceFn, ScalarGuidance
-from generator.protocol import (BatchStepReport, MixedBatchError, StateProgress, StepReport, check_prompts_and_seeds, combine_reports,
-                                per_image_decisions, scale_seed, validate_ratio)
+from generator.protocol import (BatchStepReport, StateProgress, StepReport, check_prompts_and_seeds, combine_reports,
+                                per_image_decisions, scale_seed, validate_ratio, whole_batch_codes)
 from generator.pruning import PruningPlan, area_resample, row_token_counts
 
 __all__ = ["GenerationState", "NextScaleGenerator", "StateProgress", "StepReport", "check_prompts_and_seeds",
@@ -366,7 +366,7 @@ class NextScaleGenerator:
     @torch.no_grad()
     def decode_scale(self, state: GenerationState, scale_index: int) -> torch.Tensor | None:
         """Decode scale k's own contribution alone (the seed's "rescale_codes"); None if skipped."""
-        idx = _whole_batch_codes(state, scale_index)
+        idx = whole_batch_codes(state, scale_index)
         if idx is None:
             return None
         return self.tokenizer.decode(self.tokenizer.scale_contribution(idx))
@@ -375,7 +375,7 @@ class NextScaleGenerator:
     def scale_latents(self, state: GenerationState, scale_index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Scale k's codes in latent space: (contribution at latent resolution (B, C, h, w), the code
         vectors at the scale's own resolution (B, C, p, p)); None if the scale was skipped."""
-        idx = _whole_batch_codes(state, scale_index)
+        idx = whole_batch_codes(state, scale_index)
         if idx is None:
             return None
         return self.tokenizer.scale_contribution(idx), self.tokenizer.codebook(idx).permute(0, 3, 1, 2)
@@ -389,14 +389,6 @@ class NextScaleGenerator:
         state = run_schedule(self, self.start(prompts, seeds), schedule)
         return self.decode(state), state
 
-
-def _whole_batch_codes(state: GenerationState, scale_index: int) -> torch.Tensor | None:
-    """Scale k's codes of the whole batch, None if every image skipped it; an error if only some did."""
-    codes = state.codes[scale_index]
-    if isinstance(codes, list):
-        raise MixedBatchError(f"only some images of this batch ran scale {scale_index}; decode them one at a time "
-                              "(state.image_codes(b, k) is None for those that skipped)")
-    return codes
 
 
 def _resample_square(cached_BSD: torch.Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> torch.Tensor:

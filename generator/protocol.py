@@ -68,6 +68,17 @@ class MixedBatchError(ValueError):
     """A batch-level value was asked of a step (or state) whose images differ in it."""
 
 
+def whole_batch_codes(state, scale_index: int):
+    """Scale k's codes of the whole batch from ``state.codes`` (a backend's tensor, or a per-image list
+    when the images of a mixed batch did different things there): the tensor, None if every image
+    skipped the scale, :class:`MixedBatchError` if only some did."""
+    codes = state.codes[scale_index]
+    if isinstance(codes, list):
+        raise MixedBatchError(f"only some images of this batch ran scale {scale_index}; decode them one at a time "
+                              "(state.image_codes(b, k) is None for those that skipped)")
+    return codes
+
+
 @dataclass(frozen=True)
 class BatchStepReport:
     """One scale of a batch whose images did different things: one :class:`StepReport` per image.

@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from generator.protocol import (BatchStepReport, MixedBatchError, StepReport, check_prompts_and_seeds, combine_reports,
-                                per_image_decisions, scale_seed)
+from generator.protocol import (BatchStepReport, StepReport, check_prompts_and_seeds, combine_reports,
+                                per_image_decisions, scale_seed, whole_batch_codes)
 from generator.pruning import RowPruneCache, row_token_counts, scatter_rows
 from infinity_backend.arch import InfinityArch, default_prune_layers, infinity_prefill_flops, infinity_schedule_flops, infinity_step_flops
 from infinity_backend.options import InfinityOptions
@@ -592,7 +592,7 @@ class InfinityGenerator:
     @torch.no_grad()
     def decode_scale(self, state: InfinityState, scale_index: int) -> torch.Tensor | None:
         """Decode scale k's own contribution alone (the seed's "rescale_codes"); None if skipped."""
-        idx = _whole_batch_codes(state, scale_index)
+        idx = whole_batch_codes(state, scale_index)
         if idx is None:
             return None
         q = self.vae.quantizer
@@ -606,7 +606,7 @@ class InfinityGenerator:
     def scale_latents(self, state: InfinityState, scale_index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Scale k's bit codes in latent space: (contribution upsampled to the final latent size
         (B, d, H, W), codes at the scale's own size (B, d, h, w)); None if the scale was skipped."""
-        idx = _whole_batch_codes(state, scale_index)
+        idx = whole_batch_codes(state, scale_index)
         if idx is None:
             return None
         q = self.vae.quantizer
@@ -622,14 +622,6 @@ class InfinityGenerator:
         state = run_schedule(self, self.start(prompts, seeds), schedule)
         return self.decode(state), state
 
-
-def _whole_batch_codes(state, scale_index: int):
-    """Scale k's codes of the whole batch, None if every image skipped it; an error if only some did."""
-    codes = state.codes[scale_index]
-    if isinstance(codes, list):
-        raise MixedBatchError(f"only some images of this batch ran scale {scale_index}; decode them one at a time "
-                              "(state.image_codes(b, k) is None for those that skipped)")
-    return codes
 
 
 def _resample_hw(cached_BSC: torch.Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> torch.Tensor:
