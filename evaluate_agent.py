@@ -201,14 +201,6 @@ class Method:
     def schedule_for(self, index: int):
         return self._per_image(index) if self._per_image is not None else self._schedule
 
-    def batch_schedule(self, indices: list[int]):
-        """One schedule for a batch of items: the shared one, or each item's own (per-image decisions)."""
-        if self._per_image is None:
-            return self._schedule
-        from generator.schedules import PerImageSchedules
-
-        return PerImageSchedules(tuple(self._per_image(i) for i in indices))
-
 
 def run_method(generator, method: Method, items: list[tuple[str, int]], batch_size: int = 100,
                latency_images: int = 24, pool=None) -> tuple[list[torch.Tensor], list[dict]]:

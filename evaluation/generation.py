@@ -39,18 +39,9 @@ class MethodSpec:
 def state_records(generator, state, latency_s: float) -> list[dict]:
     """``evaluation.scoreboard.state_record`` for every image of a (possibly mixed) batch; ``latency_s``
     is each image's share."""
-    from generator.protocol import total_fraction_of_used
+    from evaluation.scoreboard import state_record
 
-    full = generator.flops_full()
-    out = []
-    for b, flops in enumerate(state.flops_used_per_image):
-        reports = state.image_reports(b)
-        out.append({"ratios": [r.ratio for r in reports],
-                    "dropped_cfg": [(not r.unconditional) and (not r.skipped) and bool(generator.uses_unconditional(r.scale_index))
-                                    for r in reports],
-                    "flops": flops, "flops_fraction": flops / full,
-                    "total_flops_fraction": total_fraction_of_used(generator, flops), "latency_ms": 1000 * latency_s})
-    return out
+    return [state_record(generator, state, latency_s, b) for b in range(len(state.flops_used_per_image))]
 
 
 def build_schedule(spec: MethodSpec, generator, clip=None):
