@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--lpips-backbone", default=None)
     i.add_argument("--infinity-options", type=Path, default=None, help="JSON file of InfinityOptions")
     ap.add_argument("--device", default="cpu", help="device of the policy network")
+    ap.add_argument("--env-device", default="cpu", help="device of the embedded generator and CLIP (cpu | cuda); "
+                    "the Infinity backend takes its device from --infinity-options")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--verbose", action="store_true", help="progress lines even on a terminal (they are on by default "
                     "when stdout is not a terminal, e.g. redirected to a file)")
@@ -161,7 +163,7 @@ def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
                      num_controllable=args.num_controllable, allow_drop_unconditional=allow_drop,
                      cfg_scale=cfg_scale, reward=reward, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                      lpips_net=args.lpips_net, lpips_backbone=args.lpips_backbone, infinity=infinity,
-                     budget_range=None if budget_range is None else tuple(budget_range)).validate()
+                     budget_range=None if budget_range is None else tuple(budget_range), device=args.env_device).validate()
 
 
 def unique_run_dir(out: Path, name: str) -> Path:

@@ -74,11 +74,14 @@ def check_same_generator(cfg: dict, generator, run: Path) -> None:
     """Raise if ``generator`` makes other images than the one the run was trained on: another guidance
     (``--cfg``, ``--cfg-scales``), sampling (``--temperature``, ``--top-k``) or model. The agent's
     observations (entropy, code statistics) and the FLOPs it learned to spend depend on all of them.
-    Runs written before the fingerprint was recorded are not checked."""
+    The device is not checked (a run trained on the CPU serves on a GPU). Runs written before the
+    fingerprint was recorded are not checked."""
+    from generator.protocol import model_part
+
     trained = cfg.get("generator_fingerprint")
     if trained is None or not hasattr(generator, "fingerprint"):
         return
-    here = generator.fingerprint()
+    trained, here = model_part(trained), model_part(generator.fingerprint())
     if here != trained:
         a, b = _differing_span(trained, here)
         raise RunError(f"run {run} was trained on another generator configuration: {a} (run) vs {b} (here). "

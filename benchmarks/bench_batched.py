@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="budget of a budget-conditioned --agent (fraction of the "
                     "unpruned transformer FLOPs; default: FastVAR's)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="torch device of the generator (cpu | cuda)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     from embedded.loaders import load_embedded_generator
     from generator.schedules import FastVARSchedule, schedule_ratios
 
-    g = load_embedded_generator()
+    from envs.config import check_device
+
+    g = load_embedded_generator(device=check_device(args.device))
+    sync = torch.cuda.synchronize if g.device.type == "cuda" else (lambda: None)
     n, B = g.num_scales, args.batch
     prompts = load_prompts("test")[:B]
     seeds = list(range(B))
@@ -83,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                     g.step(st, agent.ratio(k, n, st), drop_unconditional=agent.drop_unconditional(k, n, st))
                 else:
                     g.step(st, [m[k] for m in mixed])
+            sync()
             t1 = time.perf_counter()
             g.decode(st)
+            sync()
         return t1 - t0, time.perf_counter() - t0, st
 
     kinds = ["fastvar", "mixed:pad", "mixed:group"]
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     g.row_batching = "pad"
     flops = {k: float(np.mean(st.flops_used_per_image)) / g.flops_full() for k, st in state.items()}
     med = {k: (statistics.median(a) * 1000 / B, statistics.median(b) * 1000 / B) for k, (a, b) in times.items()}
-    print(f"torch threads {torch.get_num_threads()}, batch {B}, repeats {args.repeats}, "
+    print(f"device {g.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {B}, repeats {args.repeats}, "
           f"{'agent ' + args.agent if agent else 'agent-like random per-image schedules'}")
     print("| schedule | FLOPs frac (mean/img) | transformer ms/img | total ms/img |")
     print("|---|---|---|---|")

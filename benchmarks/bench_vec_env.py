@@ -9,7 +9,8 @@ Every env runs the same random actions (uniform in [-1, 1]: a mix of pruning and
 untrained policy) on the training prompts. "warm": every unpruned reference is already cached (the
 steady state of a run after its references are precomputed); "cold" (--cold): each round starts with
 an empty reference cache, so the references are made too (batched in the batched env, one by one in
-DummyVecEnv). Policy time is not included (SB3's update cost is the same for both).
+DummyVecEnv). ``--device cuda`` runs generator and CLIP on the GPU (every step still brings the
+observations back to the CPU, which is what the timing includes). Policy time is not included (SB3's update cost is the same for both).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-workers", type=int, nargs="*", default=[], help="also measure RayVecEnv(n, K) for these K")
     ap.add_argument("--cold", action="store_true", help="empty reference cache every round")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="torch device of the generator and CLIP (cpu | cuda)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from envs.var_prune import VarPruneEnv
     from rewards import ReferenceCache
 
-    cfg = EnvConfig()
+    cfg = EnvConfig(device=args.device).validate()
     gen, clip = make_generator(cfg), make_clip(cfg)
     prompts = load_prompts_for("train")[:64]
     warm = ReferenceCache()
@@ -79,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                        reference_cache=refs()))
     ray_names = {k: f"Ray {k} worker(s) x {args.n // k}" for k in args.ray_workers}
     samples: dict[str, list[float]] = {name: [] for name in list(makers) + list(ray_names.values())}
-    print(f"torch threads {torch.get_num_threads()}, {steps} vector steps ({args.episodes} episodes) per env per round, "
+    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {steps} vector steps ({args.episodes} episodes) per env per round, "
           f"{args.rounds} rounds, references {'cold' if args.cold else 'warm'}")
+    for name, make in makers.items():  # untimed warm-up: first calls (allocator, CUDA kernels) are not steady state
+        run_steps(make(), controllable, np.random.default_rng(0))
     for r in range(args.rounds):
         for name, make in makers.items():
             venv = make()

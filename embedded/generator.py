@@ -27,7 +27,7 @@ from embedded.tokenizer import MultiScaleVQTokenizer, next_scale_input
 from embedded.transformer import BranchContext, NextScaleTransformer
 from generator.guidance import GuidanceFn, ScalarGuidance
 from generator.protocol import (BatchStepReport, StateProgress, StepReport, check_prompts_and_seeds, combine_reports,
-                                per_image_decisions, scale_seed, validate_ratio, whole_batch_codes)
+                                per_image_decisions, scale_seed, validate_ratio, whole_batch_codes, with_device)
 from generator.pruning import PruningPlan, area_resample, row_token_counts
 
 __all__ = ["GenerationState", "NextScaleGenerator", "StateProgress", "StepReport", "check_prompts_and_seeds",
@@ -125,7 +125,7 @@ class NextScaleGenerator:
 
     def fingerprint(self) -> str:
         """Identifies what images this generator makes (for reference caches and run configs)."""
-        return f"tiny:{self.transformer.cfg.to_dict()}:{self.guidance!r}:{self.sampling!r}"
+        return with_device(f"tiny:{self.transformer.cfg.to_dict()}:{self.guidance!r}:{self.sampling!r}", self.device.type)
 
     def schedule_flops(self, ratios: list[float], unconditional: list[bool] | None = None) -> list[float]:
         """Per-scale FLOPs of one image for a list of ratios (analytic, no generation)."""

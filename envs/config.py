@@ -10,6 +10,24 @@ from rewards.reward import RewardConfig
 ACTION_MODES = ("continuous", "discrete")
 
 
+def check_device(name: str) -> str:
+    """``name`` if it is a torch device this machine has, else a ValueError naming it and what is allowed."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {name!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: only 'cpu' and 'cuda[:N]' are supported")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available here; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
 @dataclass
 class EnvConfig:
     """Everything that defines an episode, the action and observation spaces, and the reward.
@@ -35,6 +53,10 @@ class EnvConfig:
         ``np_random``; 'cycle' order uses a deterministic low-discrepancy sequence;
         ``reset(options={"budget": b})`` overrides), the budget and the budget left are observed, the
         budget guard (envs/budget.py) keeps every image within it, and the reward's budget term uses it.
+    device: torch device of the embedded generator and CLIP ('cpu', 'cuda', 'cuda:1'). A CUDA generator
+        samples with CUDA's random streams, so its images differ from the CPU's for the same seed (its
+        fingerprint says so, which keeps reference caches apart). The Infinity backend takes its device
+        from ``infinity`` (its options).
     """
 
     generator: str = "tiny"
@@ -58,6 +80,7 @@ class EnvConfig:
     reference_cache_dir: str | None = None
     infinity: dict | None = None
     budget_range: tuple[float, float] | None = None
+    device: str = "cpu"
 
     def validate(self) -> "EnvConfig":
         if self.action_mode not in ACTION_MODES:
@@ -78,6 +101,7 @@ class EnvConfig:
             from envs.budget import check_budget_range
 
             self.budget_range = check_budget_range(self.budget_range, 0.0)
+        check_device(self.device)
         self.reward.validate()
         return self
 

@@ -15,15 +15,15 @@ def make_generator(cfg: EnvConfig):
 
     if cfg.generator == "infinity":
         return load_backend("infinity")(**(cfg.infinity or {}))
-    return load_backend(cfg.generator)(guidance=guidance_from_cfg(cfg.cfg_scale))
+    return load_backend(cfg.generator)(guidance=guidance_from_cfg(cfg.cfg_scale), device=cfg.device)
 
 
 def make_clip(cfg: EnvConfig):
     from rewards import ClipScorer
 
     if cfg.clip_model is None:
-        return ClipScorer.embedded()
-    return ClipScorer.from_pretrained(cfg.clip_model, cfg.clip_pretrained)
+        return ClipScorer.embedded(device=cfg.device)
+    return ClipScorer.from_pretrained(cfg.clip_model, cfg.clip_pretrained, device=cfg.device)
 
 
 def make_lpips(cfg: EnvConfig):

@@ -104,7 +104,9 @@ class EnvWorker:
 class RayVecEnv(VecEnv):
     """``num_envs`` episodes over ``workers`` Ray actors (``num_envs / workers`` each, in lockstep inside
     each actor; the actors step in parallel). ``threads_per_worker``: torch threads (and Ray CPUs) per
-    actor. ``prompts``: the prompt list (None = the config's split)."""
+    actor. ``prompts``: the prompt list (None = the config's split). When the cluster has a GPU per
+    worker, each actor holds one and runs its generator and CLIP there (``device='cuda'``: Ray makes
+    the actor's own GPU its only visible one); otherwise on the device the config names."""
 
     def __init__(self, config: EnvConfig, num_envs: int, workers: int, prompts: list[str] | None = None,
                  threads_per_worker: int = 1) -> None:
@@ -120,11 +122,12 @@ class RayVecEnv(VecEnv):
         root = str(Path(__file__).resolve().parent.parent)  # this checkout, importable in the actors
         path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
         actor = ray.remote(EnvWorker)
+        worker_config = {**config.to_dict(), **({"device": "cuda"} if gpus else {})}
         # named (varprune-env-<driver pid>-<k>) so that an operator, or a test, can find and stop one worker
         self.names = [f"varprune-env-{os.getpid()}-{id(self)}-{k}" for k in range(workers)]
         self.workers = [actor.options(num_cpus=threads_per_worker, num_gpus=gpus, max_restarts=0, name=name,
                                       runtime_env={"env_vars": {"PYTHONPATH": path}})
-                        .remote(config.to_dict(), self.per_worker, prompts, threads_per_worker) for name in self.names]
+                        .remote(worker_config, self.per_worker, prompts, threads_per_worker) for name in self.names]
         self.worker_pids = self._gather([w.pid.remote() for w in self.workers], "start-up")
         obs_space, act_space = self._gather([self.workers[0].spaces.remote()], "start-up")[0]
         self.config = config

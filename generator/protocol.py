@@ -242,6 +242,24 @@ def check_prompts_and_seeds(prompts: list[str] | str, seeds: list[int] | int) ->
     return list(prompts), list(seeds)
 
 
+DEVICE_MARK = "@device="
+
+
+def with_device(model_fingerprint: str, device) -> str:
+    """A generator's fingerprint: what model, guidance and sampling make its images, plus the device when
+    it is not the CPU (CUDA's random streams differ from the CPU's, so the same seed gives another image
+    there, and reference caches must not mix them). CPU fingerprints carry no device part, so caches
+    written before devices were recorded stay valid."""
+    dev = str(device)
+    return model_fingerprint if dev == "cpu" else f"{model_fingerprint}{DEVICE_MARK}{dev}"
+
+
+def model_part(fingerprint: str) -> str:
+    """The fingerprint without its device: equal for the same model run on another device (an agent
+    trained on the CPU can serve on a GPU)."""
+    return fingerprint.split(DEVICE_MARK)[0]
+
+
 def scale_seed(seed: int, scale_index: int) -> int:
     """Independent, reproducible RNG stream per (image seed, scale)."""
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, scale_index]).generate_state(1, np.uint64)[0] >> 1)
@@ -298,7 +316,8 @@ class PerScaleGenerator(Protocol):
         """Entropy (nats) of a uniform token distribution: normalises ``state.last_entropy_B``."""
 
     def fingerprint(self) -> str:
-        """Identifies what images this generator makes (reference caches, run configs)."""
+        """Identifies what images this generator makes (reference caches, run configs); ends with
+        ``with_device``'s device part when the generator is not on the CPU."""
 
     def schedule_flops(self, ratios: list[float], unconditional: list[bool] | None = None) -> list[float]:
         """Per-scale transformer FLOPs of one image for a ratio list (analytic, no generation)."""

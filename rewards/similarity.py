@@ -59,13 +59,14 @@ def ssim(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     # float64: in float32 SSIM(x, x) = 1 - 4e-5 on flat images, and the reward promises quality terms
     # of exactly 0 (to ~1e-13) when nothing is pruned
     x = images.double().clamp(0, 1)
-    y = reference.expand_as(images).double().clamp(0, 1)
+    y = reference.to(images.device).expand_as(images).double().clamp(0, 1)
     B, _, H, W = x.shape
     pad = SSIM_KERNEL_SIZE // 2
     x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
     stack = torch.cat((x, y, x * x, y * y, x * y))            # (5B, C, H + 2p, W + 2p)
-    filt = _gaussian_band(H + 2 * pad).t() @ (stack @ _gaussian_band(W + 2 * pad))
+    band_h, band_w = (_gaussian_band(n).to(x.device) for n in (H + 2 * pad, W + 2 * pad))
+    filt = band_h.t() @ (stack @ band_w)
     mu_x, mu_y, e_xx, e_yy, e_xy = filt.split(B)
     mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
     var_x = (e_xx - mu_xx).clamp(min=0.0)
@@ -80,7 +81,7 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     _check_pair(images, reference)
-    ref = reference.expand_as(images)
+    ref = reference.to(images.device).expand_as(images)
     return peak_signal_noise_ratio(images.float().clamp(0, 1), ref.float().clamp(0, 1), data_range=1.0,
                                    reduction="none", dim=(1, 2, 3)).reshape(-1)
 

@@ -28,9 +28,11 @@ def trained(tmp_path_factory):
     return out / "tiny"
 
 
-@pytest.fixture(scope="module")
-def gen():
-    return load_embedded_generator()
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def gen(request):
+    """The CUDA case serves the CPU-trained agent on a GPU generator (the agent check ignores devices)."""
+    return load_embedded_generator(device=request.param)
 
 
 class CountingModel:

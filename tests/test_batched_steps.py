@@ -8,6 +8,7 @@ batch is not bitwise a stack of batch-1 runs even when every image does the same
 product at batch 1 is a matrix-matrix product at batch 4, with another summation order; measured on
 this CPU: up to 1.9e-6 relative for a uniform batch of 4, shipped weights), and padded keys add a
 masked softmax whose sums run in another order (mixed batch: up to 1.1e-6 relative, i.e. no worse).
+The "shipped-cuda" case (skipped without a GPU) checks the same on a CUDA device.
 """
 
 from __future__ import annotations
@@ -61,10 +62,15 @@ class RecordingSampler:
         del self.g._sample
 
 
-@pytest.fixture(scope="module", params=["random", "shipped"])
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module", params=["random", "shipped", pytest.param("shipped-cuda", marks=NEEDS_CUDA)])
 def gen(request):
     torch.set_num_threads(2)
-    return random_generator(seed=0) if request.param == "random" else load_embedded_generator()
+    if request.param == "random":
+        return random_generator(seed=0)
+    return load_embedded_generator(device="cuda" if request.param.endswith("cuda") else "cpu")
 
 
 def run_batch(g, prompts=PROMPTS, seeds=SEEDS, ratios=RATIOS, drops=DROPS):
