@@ -74,7 +74,8 @@ def check_same_generator(cfg: dict, generator, run: Path) -> None:
     """Raise if ``generator`` makes other images than the one the run was trained on: another guidance
     (``--cfg``, ``--cfg-scales``), sampling (``--temperature``, ``--top-k``) or model. The agent's
     observations (entropy, code statistics) and the FLOPs it learned to spend depend on all of them.
-    The device is not checked (a run trained on the CPU serves on a GPU). Runs written before the
+    How the images are computed is not checked (the device, the decoder's arithmetic version: a run
+    trained on the CPU serves on a GPU). Runs written before the
     fingerprint was recorded are not checked."""
     from generator.protocol import model_part
 

@@ -23,11 +23,11 @@ import torch
 from embedded.config import SamplingConfig
 from embedded.flops import decoder_flops, prefill_flops, schedule_flops, step_flops
 from embedded.text import tokenize
-from embedded.tokenizer import MultiScaleVQTokenizer, next_scale_input
+from embedded.tokenizer import DECODE_NUMERICS, MultiScaleVQTokenizer, next_scale_input
 from embedded.transformer import BranchContext, NextScaleTransformer
 from generator.guidance import GuidanceFn, ScalarGuidance
 from generator.protocol import (BatchStepReport, StateProgress, StepReport, check_prompts_and_seeds, combine_reports,
-                                per_image_decisions, scale_seed, validate_ratio, whole_batch_codes, with_device)
+                                per_image_decisions, scale_seed, validate_ratio, whole_batch_codes, image_fingerprint)
 from generator.pruning import PruningPlan, area_resample, row_token_counts
 
 __all__ = ["GenerationState", "NextScaleGenerator", "StateProgress", "StepReport", "check_prompts_and_seeds",
@@ -125,7 +125,8 @@ class NextScaleGenerator:
 
     def fingerprint(self) -> str:
         """Identifies what images this generator makes (for reference caches and run configs)."""
-        return with_device(f"tiny:{self.transformer.cfg.to_dict()}:{self.guidance!r}:{self.sampling!r}", self.device.type)
+        return image_fingerprint(f"tiny:{self.transformer.cfg.to_dict()}:{self.guidance!r}:{self.sampling!r}",
+                                 decode=DECODE_NUMERICS, device=self.device.type)
 
     def schedule_flops(self, ratios: list[float], unconditional: list[bool] | None = None) -> list[float]:
         """Per-scale FLOPs of one image for a list of ratios (analytic, no generation)."""

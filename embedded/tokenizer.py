@@ -23,6 +23,11 @@ from torch import nn
 
 from embedded.config import TokenizerConfig
 
+DECODE_CHUNK = 50
+# bump when decode's arithmetic changes (images differ in their last bits): the generator's fingerprint
+# carries it, so reference and static-grid caches made by the old arithmetic are not reused
+DECODE_NUMERICS = 2
+
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=min(32, channels // 4), num_channels=channels, eps=1e-6)
@@ -121,8 +126,19 @@ class MultiScaleVQTokenizer(nn.Module):
         return emb_BCpp
 
     def decode(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        """Accumulated codes -> image in [0, 1], (B, 3, H, W)."""
-        return (self.decoder(f_hat_BChw) * 0.5 + 0.5).clamp(0.0, 1.0)
+        """Accumulated codes -> image in [0, 1], (B, 3, H, W).
+
+        On the CPU the latents go in channels-last and at most ``DECODE_CHUNK`` images per decoder call:
+        oneDNN's convolutions are 1.35x faster in that layout, and at most 50 images keep the
+        activations in cache (decode of 100 images, 2 threads: 1.65x together, measured). Like any
+        batched call, an image's last bits depend on the chunk it is decoded in (~2e-6). On a GPU the
+        batch goes in whole, as before."""
+        x, chunk = f_hat_BChw, f_hat_BChw.shape[0]
+        if x.device.type == "cpu":
+            x, chunk = x.contiguous(memory_format=torch.channels_last), DECODE_CHUNK
+        parts = [self.decoder(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return (out * 0.5 + 0.5).clamp(0.0, 1.0).contiguous()
 
     def nearest_codes(self, z_BCpp: torch.Tensor) -> torch.Tensor:
         """Index of the nearest codebook vector (L2) for every position, (B, p, p)."""

@@ -242,22 +242,21 @@ def check_prompts_and_seeds(prompts: list[str] | str, seeds: list[int] | int) ->
     return list(prompts), list(seeds)
 
 
-DEVICE_MARK = "@device="
+IMAGE_MARK = "@"
 
 
-def with_device(model_fingerprint: str, device) -> str:
-    """A generator's fingerprint: what model, guidance and sampling make its images, plus the device when
-    it is not the CPU (CUDA's random streams differ from the CPU's, so the same seed gives another image
-    there, and reference caches must not mix them). CPU fingerprints carry no device part, so caches
-    written before devices were recorded stay valid."""
-    dev = str(device)
-    return model_fingerprint if dev == "cpu" else f"{model_fingerprint}{DEVICE_MARK}{dev}"
+def image_fingerprint(model_fingerprint: str, **how) -> str:
+    """A generator's fingerprint: the model part (model, guidance, sampling: what the images are), then
+    ``@`` and how they are computed (``how``: the decoder's arithmetic version, the device). The second
+    part changes images only in their last bits (a GPU also draws other random numbers), so reference
+    caches must keep them apart, but an agent does not care: ``model_part`` is what its check compares."""
+    return model_fingerprint + IMAGE_MARK + ",".join(f"{k}={v}" for k, v in how.items())
 
 
 def model_part(fingerprint: str) -> str:
-    """The fingerprint without its device: equal for the same model run on another device (an agent
-    trained on the CPU can serve on a GPU)."""
-    return fingerprint.split(DEVICE_MARK)[0]
+    """The fingerprint without how its images are computed (equal for the same model on another device
+    or decoder arithmetic: an agent trained on the CPU can serve on a GPU)."""
+    return fingerprint.split(IMAGE_MARK)[0]
 
 
 def scale_seed(seed: int, scale_index: int) -> int:
@@ -316,8 +315,8 @@ class PerScaleGenerator(Protocol):
         """Entropy (nats) of a uniform token distribution: normalises ``state.last_entropy_B``."""
 
     def fingerprint(self) -> str:
-        """Identifies what images this generator makes (reference caches, run configs); ends with
-        ``with_device``'s device part when the generator is not on the CPU."""
+        """Identifies what images this generator makes (reference caches, run configs); see
+        ``image_fingerprint`` for its two parts."""
 
     def schedule_flops(self, ratios: list[float], unconditional: list[bool] | None = None) -> list[float]:
         """Per-scale transformer FLOPs of one image for a ratio list (analytic, no generation)."""

@@ -24,16 +24,16 @@ def test_bad_devices_are_clear_errors(device, match):
         EnvConfig(device=device).validate()
 
 
-def test_cpu_fingerprint_is_unchanged_by_the_device_option():
-    """Reference caches written before the option existed stay valid on the CPU."""
+def test_fingerprint_keeps_devices_apart_and_the_agent_check_ignores_them():
+    """Reference caches keep CPU and CUDA images apart (the fingerprint's image part); an agent's check
+    compares only the model part (a CPU-trained agent serves on a GPU)."""
     from envs.factory import make_generator
-
-    from generator.protocol import DEVICE_MARK, model_part, with_device
+    from generator.protocol import IMAGE_MARK, image_fingerprint, model_part
 
     fp = make_generator(EnvConfig(device="cpu")).fingerprint()
-    assert DEVICE_MARK not in fp and with_device(fp, "cpu") == fp
-    on_gpu = with_device(fp, "cuda")
-    assert on_gpu != fp and model_part(on_gpu) == fp
+    assert fp.endswith(",device=cpu") and IMAGE_MARK in fp
+    on_gpu = image_fingerprint(model_part(fp), decode=2, device="cuda")
+    assert on_gpu != fp and model_part(on_gpu) == model_part(fp)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -47,7 +47,7 @@ def test_batched_env_on_cuda_matches_single_envs_on_cuda():
 
     cfg = EnvConfig(device="cuda").validate()
     shared = dict(generator=make_generator(cfg), clip=make_clip(cfg))
-    assert shared["generator"].fingerprint().endswith("@device=cuda")
+    assert shared["generator"].fingerprint().endswith(",device=cuda")
     n = len(PROMPTS)
     batched = BatchedVarPruneEnv(cfg, n, prompts=PROMPTS, reference_cache=ReferenceCache(), **shared)
     dummy = DummyVecEnv([lambda: VarPruneEnv(cfg, prompts=PROMPTS, reference_cache=ReferenceCache(), **shared)
