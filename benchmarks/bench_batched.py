@@ -12,7 +12,7 @@ calls are then timed too, as they are part of serving an agent).
 
 Prints per-image ms (transformer = start + every scale step; total adds the decoder), the measured time
 ratio mixed / FastVAR, the FLOPs ratio (mean per-image analytic FLOPs), and their quotient (target: within
-1.25 of 1). Schedules run interleaved, median over repeats.
+1.25 of 1). The same quotient for FastVAR / Original says how well FLOPs predict time on the device at all. Schedules run interleaved, median over repeats.
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             st = g.start(prompts, seeds)
             for k in range(n):
-                if kind == "fastvar":
+                if kind == "original":
+                    g.step(st, 0.0)
+                elif kind == "fastvar":
                     g.step(st, fv[k])
                 elif agent is not None:
                     g.step(st, agent.ratio(k, n, st), drop_unconditional=agent.drop_unconditional(k, n, st))
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             sync()
         return t1 - t0, time.perf_counter() - t0, st
 
-    kinds = ["fastvar", "mixed:pad", "mixed:group"]
+    kinds = ["original", "fastvar", "mixed:pad", "mixed:group"]
     times = {k: ([], []) for k in kinds}
     for _ in range(2):  # warm-up
         for kind in kinds:
@@ -121,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         for j, part in ((0, "transformer"), (1, "total")):
             tr = med[k][j] / med["fastvar"][j]
             print(f"{k} / fastvar, {part}: time ratio {tr:.3f}, FLOPs ratio {fr:.3f}, time/FLOPs {tr / fr:.3f}")
+    fo = flops["fastvar"] / flops["original"]
+    for j, part in ((0, "transformer"), (1, "total")):  # how well FLOPs predict time at all on this device
+        tr = med["fastvar"][j] / med["original"][j]
+        print(f"fastvar / original, {part}: time ratio {tr:.3f}, FLOPs ratio {fo:.3f}, time/FLOPs {tr / fo:.3f}")
     print(f"pad vs group (transformer): group / pad = {med['mixed:group'][0] / med['mixed:pad'][0]:.3f}")
     return 0
 
