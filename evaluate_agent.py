@@ -376,7 +376,10 @@ def compare_mode(args, suite) -> int:
     for name, (imgs, recs) in results.items():
         x = torch.stack(imgs)
         scores = suite.score(x, item_prompts, refs)
-        q = quality(x, slice(0, len(items)))["quality"]
+        # QUALITY from the suite's own SSIM / PSNR / CLIP (/ LPIPS) values: the same functions and models
+        # as the reward's, so the images are not scored twice
+        q = quality.quality_of({m: [sc[m] for sc in scores] for m in ("ssim", "psnr", "clip_score", "lpips")
+                                if m in scores[0]}, slice(0, len(items)))
         dom = domain(x, item_prompts) if domain.available else {}
         budget = budgets.get(name)
         mrows = []

@@ -89,6 +89,50 @@ def schedule_flops(cfg: TransformerConfig, tok: TokenizerConfig, ratios: list[fl
     return out
 
 
+def schedule_flops_many(cfg: TransformerConfig, tok: TokenizerConfig, ratios_BN, unconditional: list[bool]):
+    """Total FLOPs (B,) of B schedules at once, ``ratios_BN`` (B, num_scales): ``sum(schedule_flops(...))``
+    of each row, in numpy (the random-schedule baseline prices ~10^6 schedules).
+
+    Same model as ``schedule_flops``: every block of one kind holds the same KV length (blocks in the
+    pruned range grow by the kept tokens, the others by all of them), so a scale costs, per branch,
+    ``outside * block(L, past_out + L) + inside * block(n, past_in + n)`` plus the head. Every term is
+    an integer far below 2**53, so the totals equal the loop's exactly (tested)."""
+    import numpy as np
+
+    r = np.asarray(ratios_BN, dtype=np.float64)
+    if r.ndim != 2 or r.shape[1] != len(tok.scales) or len(unconditional) != len(tok.scales):
+        raise ValueError(f"need (B, {len(tok.scales)}) ratios and one unconditional flag per scale, got "
+                         f"{r.shape} and {len(unconditional)}")
+    first, last = cfg.pruned_block_range
+    inside = last - first
+    outside = cfg.depth - inside
+    D, T, H = cfg.width, cfg.text_context, cfg.mlp_hidden
+
+    def block(n, kv_after):  # block_flops, elementwise
+        per_token = linear(1, D, 3 * D) + linear(1, D, D) + 2 * linear(1, D, D) + attention(1, T, D) \
+            + linear(1, D, H) + linear(1, H, D)
+        return n * per_token + attention(1, 1, D) * n * kv_after
+
+    B = r.shape[0]
+    total = np.zeros(B)
+    past = {b: (np.zeros(B), np.zeros(B)) for b in ("cond", "uncond")}  # (outside, inside) KV per branch
+    for k, unc in enumerate(unconditional):
+        L = tok.scales[k] ** 2
+        runs = r[:, k] < 1.0
+        # kept tokens: generator.pruning.tokens_kept, elementwise
+        n_in = np.where(runs, np.maximum(1.0, L - np.floor(r[:, k] * L)), 0.0)
+        n_out = np.where(runs, float(L), 0.0)
+        for branch in (("cond", "uncond") if unc else ("cond",)):
+            p_out, p_in = past[branch]
+            cost = outside * block(n_out, p_out + n_out) + inside * block(n_in, p_in + n_in) + linear(L, D, cfg.codebook_size)
+            total += np.where(runs, cost, 0.0)
+            past[branch] = (p_out + n_out, p_in + n_in)
+        extra = (linear(L, cfg.latent_channels, D) if k > 0 else 0.0) + (
+            2.0 * tok.latent_size ** 2 * tok.latent_channels ** 2 * 9 if tok.phi_mix > 0 else 0.0)
+        total += np.where(runs, extra, 0.0)
+    return total
+
+
 def conv2d(side: int, c_in: int, c_out: int, kernel: int) -> float:
     """A 'same' convolution on a side x side map (multiply-adds x 2; biases not counted)."""
     return 2.0 * side * side * c_in * c_out * kernel * kernel

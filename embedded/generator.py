@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from embedded.config import SamplingConfig
-from embedded.flops import decoder_flops, prefill_flops, schedule_flops, step_flops
+from embedded.flops import decoder_flops, prefill_flops, schedule_flops, schedule_flops_many, step_flops
 from embedded.text import tokenize
 from embedded.tokenizer import DECODE_NUMERICS, MultiScaleVQTokenizer, next_scale_input
 from embedded.transformer import BranchContext, NextScaleTransformer
@@ -133,6 +133,13 @@ class NextScaleGenerator:
         if unconditional is None:
             unconditional = [self.uses_unconditional(k) for k in range(self.num_scales)]
         return schedule_flops(self.transformer.cfg, self.tokenizer.cfg, [validate_ratio(r) for r in ratios], unconditional)
+
+    def schedule_flops_many(self, ratios_BN, unconditional: list[bool] | None = None):
+        """Total transformer FLOPs (B,) of B ratio lists at once (``embedded.flops.schedule_flops_many``):
+        ``sum(schedule_flops(row))`` for each row, exactly, without a Python loop per schedule."""
+        if unconditional is None:
+            unconditional = [self.uses_unconditional(k) for k in range(self.num_scales)]
+        return schedule_flops_many(self.transformer.cfg, self.tokenizer.cfg, ratios_BN, unconditional)
 
     def uses_unconditional(self, scale_index: int) -> bool:
         """Whether the guidance runs the unconditional branch at this scale (unless a step drops it)."""

@@ -121,6 +121,12 @@ def test_quality_scorer_is_the_rewards_quality_term_and_is_cached(gen, tmp_path)
         assert res["quality"][i] == pytest.approx(terms["quality_reward"], abs=1e-9)  # no FLOPs / budget terms
         assert res["ssim"][i] == pytest.approx(terms["ssim"], abs=1e-9)
     assert ev.generated == 1
+    # evaluate_agent's rows: QUALITY from the metric suite's own values equals the scorer's
+    from evaluation.metrics import MetricSuite
+
+    suite_rows = MetricSuite(clip=rfn.clip, lpips=None).score(imgs, [p for p, _ in items], refs)
+    from_suite = scorer.quality_of({m: [r[m] for r in suite_rows] for m in ("ssim", "psnr", "clip_score")}, slice(0, 2))
+    np.testing.assert_allclose(from_suite, res["quality"], rtol=0, atol=1e-6)
     again = GridEvaluator(gen, items, [scorer], cache=GridCache(tmp_path, gen.fingerprint(), items, scorer.identity()))
     res2 = again.evaluate([sched])[sched]
     assert again.generated == 0 and np.array_equal(res2["quality"], res["quality"])  # a rerun generates nothing
@@ -136,3 +142,52 @@ def test_frontier_and_oracle_on_constructed_numbers():
     q = {s[0]: np.array([0.1, 0.1, 0.9, 0.9]), s[1]: np.array([0.5, 0.6, 0.2, 0.2]), s[2]: np.array([1.0, 1.0, 1.0, 1.0])}
     oracle = per_prompt_oracle(q, items, fits=lambda x: x != s[2])
     assert oracle == {"a": s[1], "b": s[0]}
+
+
+def _one_try_at_a_time(generator, target, first, rng, skip_threshold, tolerance=0.02, tries=20000):
+    """The random baseline's definition, one try per loop (the reference the block-drawn one must equal)."""
+    from evaluation.static_search import vector_to_ratios
+
+    n = generator.num_scales
+    best, best_gap = None, float("inf")
+    for _ in range(tries):
+        u = rng.random(n - first) ** float(np.exp(rng.uniform(np.log(0.2), np.log(5.0))))
+        ratios = vector_to_ratios(u, n, first, skip_threshold)
+        gap = abs(generator.flops_fraction(ratios) - target)
+        if gap <= tolerance:
+            return ratios
+        if gap < best_gap:
+            best, best_gap = ratios, gap
+    return best
+
+
+def test_schedule_flops_many_is_the_per_schedule_sum_exactly(gen):
+    rng = np.random.default_rng(1)
+    R = rng.random((500, gen.num_scales))
+    R[rng.random(R.shape) < 0.3] = 1.0
+    R[rng.random(R.shape) < 0.2] = 0.0
+    for unc in ([True] * gen.num_scales, [bool(x) for x in rng.integers(0, 2, gen.num_scales)]):
+        loop = [sum(gen.schedule_flops([float(x) for x in row], unc)) for row in R]
+        assert gen.schedule_flops_many(R, unc).tolist() == loop
+    with pytest.raises(ValueError, match="ratios"):
+        gen.schedule_flops_many(R[:, :3])
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["schedule_flops_many", "one-schedule-flops-at-a-time"])
+@pytest.mark.parametrize("target, tries", [(0.35, 20000), (0.21, 20000), (0.05, 300)])
+def test_random_schedules_drawn_in_blocks_are_the_one_at_a_time_draws(gen, target, tries, fast):
+    """Same schedules, and the stream left at the same place (the next draws agree too), for an easy
+    target, one near the all-skip floor and an unreachable one (the closest of all tries); with the
+    embedded backend's vectorised FLOPs and without (what a backend offering only the protocol's
+    ``schedule_flops`` gets: the same generator's methods, minus the optional one)."""
+    from types import SimpleNamespace
+
+    from evaluation.static_search import random_schedule_at
+
+    g = gen if fast else SimpleNamespace(num_scales=gen.num_scales, flops_full=gen.flops_full,
+                                         schedule_flops=gen.schedule_flops)
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(4):
+        got = random_schedule_at(g, target, 3, a, 0.9, tries=tries, block=256)
+        assert got == _one_try_at_a_time(gen, target, 3, b, 0.9, tries=tries)
+    assert a.random() == b.random()
