@@ -121,8 +121,9 @@ class AgentSchedule:
         actions, _ = self.model.predict(obs, deterministic=True)
         decisions = [self.actions.to_ratio(a) for a in actions]
         if self.guard is not None:  # each image kept within the budget on its own spend so far
-            decisions = [(d.ratio, d.drop_unconditional) for d in
-                         (self.guard.decide(state, r, drop, self.budget, image=b) for b, (r, drop) in enumerate(decisions))]
+            guarded = self.guard.decide_batch(state, [r for r, _ in decisions], [d for _, d in decisions],
+                                              [self.budget] * len(decisions))
+            decisions = [(d.ratio, d.drop_unconditional) for d in guarded]
         decision = ([r for r, _ in decisions], [d for _, d in decisions])
         self._last = (key, decision)
         return decision

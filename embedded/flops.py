@@ -89,20 +89,27 @@ def schedule_flops(cfg: TransformerConfig, tok: TokenizerConfig, ratios: list[fl
     return out
 
 
-def schedule_flops_many(cfg: TransformerConfig, tok: TokenizerConfig, ratios_BN, unconditional: list[bool]):
-    """Total FLOPs (B,) of B schedules at once, ``ratios_BN`` (B, num_scales): ``sum(schedule_flops(...))``
-    of each row, in numpy (the random-schedule baseline prices ~10^6 schedules).
+def schedule_flops_many(cfg: TransformerConfig, tok: TokenizerConfig, ratios_BN, unconditional, per_scale: bool = False):
+    """FLOPs of B schedules at once, ``ratios_BN`` (B, num_scales): ``sum(schedule_flops(...))`` of each
+    row as a (B,) array, or with ``per_scale`` the (B, num_scales) ``schedule_flops`` themselves, in
+    numpy (the random-schedule baseline prices ~10^6 schedules; the budget guard a batch per scale).
+    ``unconditional``: one flag per scale for every row, or a (B, num_scales) array of them.
 
     Same model as ``schedule_flops``: every block of one kind holds the same KV length (blocks in the
     pruned range grow by the kept tokens, the others by all of them), so a scale costs, per branch,
     ``outside * block(L, past_out + L) + inside * block(n, past_in + n)`` plus the head. Every term is
-    an integer far below 2**53, so the totals equal the loop's exactly (tested)."""
+    an integer far below 2**53, so the results equal the loop's exactly (tested)."""
     import numpy as np
 
     r = np.asarray(ratios_BN, dtype=np.float64)
-    if r.ndim != 2 or r.shape[1] != len(tok.scales) or len(unconditional) != len(tok.scales):
-        raise ValueError(f"need (B, {len(tok.scales)}) ratios and one unconditional flag per scale, got "
-                         f"{r.shape} and {len(unconditional)}")
+    N = len(tok.scales)
+    if r.ndim != 2 or r.shape[1] != N:
+        raise ValueError(f"need (B, {N}) ratios, got shape {r.shape}")
+    unc = np.broadcast_to(np.asarray(unconditional, dtype=bool), r.shape) if np.ndim(unconditional) == 2 else None
+    if unc is None:
+        if len(unconditional) != N:
+            raise ValueError(f"need one unconditional flag per scale ({N}), got {len(unconditional)}")
+        unc = np.broadcast_to(np.asarray(unconditional, dtype=bool)[None, :], r.shape)
     first, last = cfg.pruned_block_range
     inside = last - first
     outside = cfg.depth - inside
@@ -114,23 +121,26 @@ def schedule_flops_many(cfg: TransformerConfig, tok: TokenizerConfig, ratios_BN,
         return n * per_token + attention(1, 1, D) * n * kv_after
 
     B = r.shape[0]
-    total = np.zeros(B)
+    out = np.zeros((B, N))
     past = {b: (np.zeros(B), np.zeros(B)) for b in ("cond", "uncond")}  # (outside, inside) KV per branch
-    for k, unc in enumerate(unconditional):
+    for k in range(N):
         L = tok.scales[k] ** 2
         runs = r[:, k] < 1.0
         # kept tokens: generator.pruning.tokens_kept, elementwise
         n_in = np.where(runs, np.maximum(1.0, L - np.floor(r[:, k] * L)), 0.0)
         n_out = np.where(runs, float(L), 0.0)
-        for branch in (("cond", "uncond") if unc else ("cond",)):
+        cost = np.zeros(B)
+        for branch, active in (("cond", runs), ("uncond", runs & unc[:, k])):
             p_out, p_in = past[branch]
-            cost = outside * block(n_out, p_out + n_out) + inside * block(n_in, p_in + n_in) + linear(L, D, cfg.codebook_size)
-            total += np.where(runs, cost, 0.0)
-            past[branch] = (p_out + n_out, p_in + n_in)
+            a_out, a_in = np.where(active, n_out, 0.0), np.where(active, n_in, 0.0)
+            branch_cost = outside * block(a_out, p_out + a_out) + inside * block(a_in, p_in + a_in) \
+                + linear(L, D, cfg.codebook_size)
+            cost += np.where(active, branch_cost, 0.0)
+            past[branch] = (p_out + a_out, p_in + a_in)
         extra = (linear(L, cfg.latent_channels, D) if k > 0 else 0.0) + (
             2.0 * tok.latent_size ** 2 * tok.latent_channels ** 2 * 9 if tok.phi_mix > 0 else 0.0)
-        total += np.where(runs, extra, 0.0)
-    return total
+        out[:, k] = cost + np.where(runs, extra, 0.0)
+    return out if per_scale else out.sum(1)
 
 
 def conv2d(side: int, c_in: int, c_out: int, kernel: int) -> float:

@@ -28,7 +28,7 @@ from embedded.transformer import BranchContext, NextScaleTransformer
 from generator.guidance import GuidanceFn, ScalarGuidance
 from generator.protocol import (BatchStepReport, StateProgress, StepReport, check_prompts_and_seeds, combine_reports,
                                 per_image_decisions, scale_seed, validate_ratio, whole_batch_codes, image_fingerprint)
-from generator.pruning import PruningPlan, area_resample, row_token_counts
+from generator.pruning import PruningPlan, area_resample, row_token_counts, select_batch_rows
 
 __all__ = ["GenerationState", "NextScaleGenerator", "StateProgress", "StepReport", "check_prompts_and_seeds",
            "scale_seed", "validate_ratio"]
@@ -134,12 +134,13 @@ class NextScaleGenerator:
             unconditional = [self.uses_unconditional(k) for k in range(self.num_scales)]
         return schedule_flops(self.transformer.cfg, self.tokenizer.cfg, [validate_ratio(r) for r in ratios], unconditional)
 
-    def schedule_flops_many(self, ratios_BN, unconditional: list[bool] | None = None):
-        """Total transformer FLOPs (B,) of B ratio lists at once (``embedded.flops.schedule_flops_many``):
-        ``sum(schedule_flops(row))`` for each row, exactly, without a Python loop per schedule."""
+    def schedule_flops_many(self, ratios_BN, unconditional=None, per_scale: bool = False):
+        """Transformer FLOPs of B ratio lists at once (``embedded.flops.schedule_flops_many``): the (B,)
+        totals, or with ``per_scale`` the (B, num_scales) per-scale FLOPs, exactly ``schedule_flops`` of
+        each row, without a Python loop per schedule. ``unconditional``: per scale, or (B, num_scales)."""
         if unconditional is None:
             unconditional = [self.uses_unconditional(k) for k in range(self.num_scales)]
-        return schedule_flops_many(self.transformer.cfg, self.tokenizer.cfg, ratios_BN, unconditional)
+        return schedule_flops_many(self.transformer.cfg, self.tokenizer.cfg, ratios_BN, unconditional, per_scale)
 
     def uses_unconditional(self, scale_index: int) -> bool:
         """Whether the guidance runs the unconditional branch at this scale (unless a step drops it)."""
@@ -244,7 +245,7 @@ class NextScaleGenerator:
             if plan.prunes:
                 cache = ctx.prune
                 plan.source = lambda key: cache.resampled(key, (side, side), tr.cfg.width, x.dtype, x.device,
-                                                          _resample_square)
+                                                          _resample_square, plan)
             logits, new_kv, new_masks = tr.forward_scale(x, ctx, plan)
             out = ctx.copy()
             out.kv, out.kv_mask = new_kv, new_masks
@@ -266,9 +267,7 @@ class NextScaleGenerator:
             for rows, ran in parts:
                 recorded = [j for j, b in enumerate(rows) if counts[b] >= L]
                 if recorded:
-                    t = torch.tensor(recorded)
-                    prune = prune.updated([rows[j] for j in recorded],
-                                          {key: v.index_select(0, t.to(v.device)) for key, v in ran.prune.tensors.items()},
+                    prune = prune.updated([rows[j] for j in recorded], select_batch_rows(ran.prune.tensors, recorded),
                                           (side, side))
             merged.prune = prune
             return merged

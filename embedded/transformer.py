@@ -132,6 +132,7 @@ class BranchContext:
         run (and narrower parts' tail) hold masked padding there, so every row keeps the same KV length."""
         out = self.copy()
         device = self.sos_B1D.device
+        index_of = [torch.tensor(rows, dtype=torch.long, device=device) for rows, _ in parts]  # once, not per block
         for i, old in enumerate(self.kv):
             have = 0 if old is None else old[0].shape[2]
             news = [(rows, ran.kv[i][0][:, :, have:], ran.kv[i][1][:, :, have:], ran.kv_mask[i]) for rows, ran in parts]
@@ -140,8 +141,7 @@ class BranchContext:
             k_full = k0.new_zeros(self.batch, k0.shape[1], n, k0.shape[3])
             v_full = torch.zeros_like(k_full)
             chunk_mask = torch.zeros(self.batch, n, dtype=torch.bool, device=device)
-            for rows, k_new, v_new, m_new in news:
-                index = torch.tensor(rows, dtype=torch.long, device=device)
+            for index, (rows, k_new, v_new, m_new) in zip(index_of, news):
                 extra = n - k_new.shape[2]
                 part_mask = (torch.ones(len(rows), k_new.shape[2], dtype=torch.bool, device=device) if m_new is None
                              else m_new[:, have:])
@@ -238,7 +238,7 @@ class Block(nn.Module):
         def pruned(name, x, fn):
             nonlocal new_mask
             dev_BL = (x - x.mean(dim=1, keepdim=True)).pow(2).sum(-1)
-            idx, valid = select_rows(dev_BL, plan.counts, L)
+            idx, valid = select_rows(dev_BL, plan.counts, L, plan)
             if name == "sa":
                 new_mask = valid
             out, extra = fn(gather_tokens(x, idx), valid)

@@ -150,7 +150,7 @@ class BatchedVarPruneEnv(VecEnv):
         self._actions = None
         st = self._state
         if self.guard is not None:  # each image kept within its own budget (envs.budget)
-            guarded = [self.guard.decide(st, r, d, self._budgets[i], image=i) for i, (r, d) in enumerate(decisions)]
+            guarded = self.guard.decide_batch(st, [r for r, _ in decisions], [d for _, d in decisions], self._budgets)
             for i, gd in enumerate(guarded):
                 self._guarded[i] += int(gd.guarded)
             decisions = [(gd.ratio, gd.drop_unconditional) for gd in guarded]

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from generator.pruning import tokens_kept
 
 #: the FLOPs fraction any budget must leave above the forced (uncontrolled) spend, so that at least
@@ -102,6 +104,66 @@ class BudgetGuard:
         ratios = [r.ratio for r in done] + [ratio] + [1.0] * (n - k - 1)
         unc = [r.unconditional for r in done] + [g.uses_unconditional(k) and not drop] + [False] * (n - k - 1)
         return float(g.schedule_flops(ratios, unc)[k])
+
+    def decide_batch(self, state, ratios: list[float], drops: list[bool], budgets: list[float]) -> list[BudgetDecision]:
+        """``decide`` for every image of ``state`` (image b with ``ratios[b]``, ``drops[b]``, ``budgets[b]``),
+        with the same decisions. Where the generator prices many schedules at once
+        (``schedule_flops_many``, the embedded backend), the costs of every image's choice, and of every
+        smaller kept count for the images over budget, come from two vectorised calls instead of a
+        binary search per image (~5 ms per image at batch 16 on the CPU, a fifth of generation)."""
+        g = self.generator
+        many = getattr(g, "schedule_flops_many", None)
+        B = len(ratios)
+        if many is None or B == 0:
+            return [self.decide(state, ratios[b], drops[b], budgets[b], image=b) for b in range(B)]
+        k, n = state.scale_index, state.num_scales
+        side = g.scale_sides[k]
+        n_tok = side * side if isinstance(side, int) else int(side[0]) * int(side[1])
+        uses_unc = bool(g.uses_unconditional(k))
+        out: list = [None] * B
+        rows, prefix = [], {}
+        for b in range(B):
+            if ratios[b] >= 1.0:
+                out[b] = BudgetDecision(ratios[b], drops[b], False, 0.0)
+                continue
+            done = state.image_reports(b)[:k]
+            prefix[b] = ([r.ratio for r in done], [r.unconditional for r in done] + [uses_unc and not drops[b]])
+            rows.append(b)
+        if not rows:
+            return out
+
+        def costs(items: list[tuple[int, float]]) -> np.ndarray:  # (image, ratio at k) -> FLOPs at scale k
+            r = np.ones((len(items), n))
+            u = np.zeros((len(items), n), dtype=bool)
+            for i, (b, ratio) in enumerate(items):
+                done_r, unc = prefix[b]
+                r[i, :k], r[i, k] = done_r, ratio
+                u[i, :k + 1] = unc
+            return many(r, u, per_scale=True)[:, k]
+
+        allowed = {b: budgets[b] * self.flops_full - state.flops_used_per_image[b] + BUDGET_EPS * self.flops_full
+                   for b in rows}
+        own = costs([(b, ratios[b]) for b in rows])
+        over = []
+        for b, c in zip(rows, own):
+            if c <= allowed[b]:
+                out[b] = BudgetDecision(ratios[b], drops[b], False, float(c) / self.flops_full)
+            else:
+                over.append(b)
+        # every smaller kept count of every image over budget (the cost rises with each token kept): the
+        # most tokens that fit, which is what decide's binary search finds
+        cands = [(b, keep) for b in over for keep in range(1, tokens_kept(n_tok, ratios[b]))]
+        cand_costs = costs([(b, (n_tok - keep + 0.5) / n_tok) for b, keep in cands]) if cands else []
+        best: dict = {}
+        for (b, keep), c in zip(cands, cand_costs):
+            if c <= allowed[b]:
+                best[b] = ((n_tok - keep + 0.5) / n_tok, float(c))  # keeps ascend: the last fit is the most tokens
+        for b in over:
+            if b in best:
+                out[b] = BudgetDecision(best[b][0], drops[b], True, best[b][1] / self.flops_full)
+            else:
+                out[b] = BudgetDecision(1.0, drops[b], True, 0.0)
+        return out
 
     def decide(self, state, ratio: float, drop: bool, budget: float, image: int = 0) -> BudgetDecision:
         """The decision to run at ``state``'s next scale so that image ``image`` of it stays within ``budget``

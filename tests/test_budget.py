@@ -83,6 +83,33 @@ def test_guard_projection_is_the_most_tokens_that_fit():
     assert guard._cost(st, more, False) > allowed
 
 
+def test_batch_guard_makes_each_images_own_decision():
+    """decide_batch (vectorised costs, no binary search) == decide image by image, exactly, on a mixed
+    batch whose images spent differently so far, with per-image budgets, CFG drops, skips, decisions
+    that fit, ones cut back and ones that must skip."""
+    from embedded.loaders import load_embedded_generator
+
+    g = load_embedded_generator()
+    guard = BudgetGuard(g)
+    rng = np.random.default_rng(0)
+    B = 12
+    st = g.start([PROMPT] * B, list(range(B)))
+    for _ in range(3):
+        g.step(st, 0.0)
+    kinds = set()
+    budgets = [float(x) for x in rng.uniform(0.19, 0.6, B)]
+    for _ in range(3, g.num_scales):
+        ratios = [float(x) if x < 0.85 else 1.0 for x in rng.random(B)]
+        ratios[0] = 0.0
+        drops = [bool(x) for x in rng.integers(0, 2, B)]
+        batch = guard.decide_batch(st, ratios, drops, budgets)
+        alone = [guard.decide(st, ratios[b], drops[b], budgets[b], image=b) for b in range(B)]
+        assert batch == alone
+        kinds |= {("cut" if d.ratio < 1 else "skipped") if d.guarded else "kept" for d in batch}
+        g.step(st, [d.ratio for d in batch], drop_unconditional=[d.drop_unconditional for d in batch])
+    assert kinds == {"kept", "cut", "skipped"}  # every branch of the guard was compared
+
+
 def test_constraint_term_is_zero_inside_the_budget_and_linear_beyond():
     rf = RewardFunction(RewardConfig.embedded_budget(clip_weight=0.0))
     img = torch.rand(1, 3, 64, 64)
