@@ -12,7 +12,8 @@ calls are then timed too, as they are part of serving an agent).
 
 Prints per-image ms (transformer = start + every scale step; total adds the decoder), the measured time
 ratio mixed / FastVAR, the FLOPs ratio (mean per-image analytic FLOPs), and their quotient (target: within
-1.25 of 1). The same quotient for FastVAR / Original says how well FLOPs predict time on the device at all. Schedules run interleaved, median over repeats.
+1.25 of 1). The same quotient for FastVAR / Original says how well FLOPs predict time on the device at
+all. Schedules run interleaved, median over repeats.
 """
 
 from __future__ import annotations

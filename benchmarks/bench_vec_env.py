@@ -10,7 +10,8 @@ untrained policy) on the training prompts. "warm": every unpruned reference is a
 steady state of a run after its references are precomputed); "cold" (--cold): each round starts with
 an empty reference cache, so the references are made too (batched in the batched env, one by one in
 DummyVecEnv). ``--device cuda`` runs generator and CLIP on the GPU (every step still brings the
-observations back to the CPU, which is what the timing includes). Policy time is not included (SB3's update cost is the same for both).
+observations back to the CPU, which is what the timing includes). Policy time is not included (SB3's
+update cost is the same for both).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ def attention(n_q: int, n_kv: int, width: int) -> float:
 
 
 def block_flops(cfg: TransformerConfig, n_tokens: int, kv_len_after: int) -> float:
-    """One block on n_tokens tokens of one image, attending to kv_len_after keys (past + current)."""
+    """One block on n_tokens tokens of one image, attending to kv_len_after keys (past + current); also
+    elementwise on numpy arrays of both (``schedule_flops_many``)."""
     D, T = cfg.width, cfg.text_context
     sa = linear(n_tokens, D, 3 * D) + attention(n_tokens, kv_len_after, D) + linear(n_tokens, D, D)
     ca = linear(n_tokens, D, D) + attention(n_tokens, T, D) + linear(n_tokens, D, D)
@@ -55,8 +56,14 @@ def step_flops(cfg: TransformerConfig, tok: TokenizerConfig, scale_index: int, n
             n = n_keep if (n_keep is not None and first <= i < last) else L
             total += block_flops(cfg, n, past + n)
         total += linear(L, cfg.width, cfg.codebook_size)  # head on every token
-    if scale_index > 0:
-        total += linear(L, cfg.latent_channels, cfg.width)  # word embedding, shared by branches
+    return total + scale_shared_flops(cfg, tok, scale_index)
+
+
+def scale_shared_flops(cfg: TransformerConfig, tok: TokenizerConfig, scale_index: int) -> float:
+    """The part of a scale's FLOPs that the guidance branches share: the word embedding of the scale's
+    input (after scale 0) and the tokenizer's phi conv on its codes."""
+    L = tok.scales[scale_index] ** 2
+    total = linear(L, cfg.latent_channels, cfg.width) if scale_index > 0 else 0.0
     if tok.phi_mix > 0:
         s = tok.latent_size
         total += 2.0 * s * s * tok.latent_channels * tok.latent_channels * 9
@@ -105,21 +112,14 @@ def schedule_flops_many(cfg: TransformerConfig, tok: TokenizerConfig, ratios_BN,
     N = len(tok.scales)
     if r.ndim != 2 or r.shape[1] != N:
         raise ValueError(f"need (B, {N}) ratios, got shape {r.shape}")
-    unc = np.broadcast_to(np.asarray(unconditional, dtype=bool), r.shape) if np.ndim(unconditional) == 2 else None
-    if unc is None:
-        if len(unconditional) != N:
-            raise ValueError(f"need one unconditional flag per scale ({N}), got {len(unconditional)}")
-        unc = np.broadcast_to(np.asarray(unconditional, dtype=bool)[None, :], r.shape)
+    unc = np.asarray(unconditional, dtype=bool)
+    if unc.shape not in ((N,), r.shape):
+        raise ValueError(f"need one unconditional flag per scale ({N}), for every row or per row {r.shape}, "
+                         f"got shape {unc.shape}")
+    unc = np.broadcast_to(unc, r.shape)
     first, last = cfg.pruned_block_range
     inside = last - first
     outside = cfg.depth - inside
-    D, T, H = cfg.width, cfg.text_context, cfg.mlp_hidden
-
-    def block(n, kv_after):  # block_flops, elementwise
-        per_token = linear(1, D, 3 * D) + linear(1, D, D) + 2 * linear(1, D, D) + attention(1, T, D) \
-            + linear(1, D, H) + linear(1, H, D)
-        return n * per_token + attention(1, 1, D) * n * kv_after
-
     B = r.shape[0]
     out = np.zeros((B, N))
     past = {b: (np.zeros(B), np.zeros(B)) for b in ("cond", "uncond")}  # (outside, inside) KV per branch
@@ -133,13 +133,11 @@ def schedule_flops_many(cfg: TransformerConfig, tok: TokenizerConfig, ratios_BN,
         for branch, active in (("cond", runs), ("uncond", runs & unc[:, k])):
             p_out, p_in = past[branch]
             a_out, a_in = np.where(active, n_out, 0.0), np.where(active, n_in, 0.0)
-            branch_cost = outside * block(a_out, p_out + a_out) + inside * block(a_in, p_in + a_in) \
-                + linear(L, D, cfg.codebook_size)
+            branch_cost = outside * block_flops(cfg, a_out, p_out + a_out) + inside * block_flops(cfg, a_in, p_in + a_in) \
+                + linear(L, cfg.width, cfg.codebook_size)
             cost += np.where(active, branch_cost, 0.0)
             past[branch] = (p_out + a_out, p_in + a_in)
-        extra = (linear(L, cfg.latent_channels, D) if k > 0 else 0.0) + (
-            2.0 * tok.latent_size ** 2 * tok.latent_channels ** 2 * 9 if tok.phi_mix > 0 else 0.0)
-        out[:, k] = cost + np.where(runs, extra, 0.0)
+        out[:, k] = cost + np.where(runs, scale_shared_flops(cfg, tok, k), 0.0)
     return out if per_scale else out.sum(1)
 
 

@@ -245,7 +245,7 @@ class NextScaleGenerator:
             if plan.prunes:
                 cache = ctx.prune
                 plan.source = lambda key: cache.resampled(key, (side, side), tr.cfg.width, x.dtype, x.device,
-                                                          _resample_square, plan)
+                                                          _resample_square)
             logits, new_kv, new_masks = tr.forward_scale(x, ctx, plan)
             out = ctx.copy()
             out.kv, out.kv_mask = new_kv, new_masks

@@ -238,7 +238,7 @@ class Block(nn.Module):
         def pruned(name, x, fn):
             nonlocal new_mask
             dev_BL = (x - x.mean(dim=1, keepdim=True)).pow(2).sum(-1)
-            idx, valid = select_rows(dev_BL, plan.counts, L, plan)
+            idx, valid = select_rows(dev_BL, plan.counts, L)
             if name == "sa":
                 new_mask = valid
             out, extra = fn(gather_tokens(x, idx), valid)

@@ -97,6 +97,20 @@ class BudgetGuard:
         ratios = [0.0] * first_controllable + [1.0] * (n - first_controllable)
         return float(self.generator.flops_fraction(ratios))
 
+    def _tokens(self, scale_index: int) -> int:
+        side = self.generator.scale_sides[scale_index]
+        return side * side if isinstance(side, int) else int(side[0]) * int(side[1])
+
+    def _allowed(self, state, budget: float, image: int) -> float:
+        """FLOPs image ``image`` of ``state`` may still spend within ``budget`` (a fraction)."""
+        return budget * self.flops_full - state.flops_used_per_image[image] + BUDGET_EPS * self.flops_full
+
+    @staticmethod
+    def _ratio_keeping(n_tok: int, keep: int) -> float:
+        """A ratio that keeps exactly ``keep`` of ``n_tok`` tokens: mid-interval, so that
+        tokens_kept(n_tok, r) == keep without float edge cases."""
+        return (n_tok - keep + 0.5) / n_tok
+
     def _cost(self, state, ratio: float, drop: bool, image: int = 0) -> float:
         """FLOPs (per image) of running the current scale of ``state`` with (ratio, drop) for image ``image``."""
         g, k, n = self.generator, state.scale_index, state.num_scales
@@ -117,8 +131,7 @@ class BudgetGuard:
         if many is None or B == 0:
             return [self.decide(state, ratios[b], drops[b], budgets[b], image=b) for b in range(B)]
         k, n = state.scale_index, state.num_scales
-        side = g.scale_sides[k]
-        n_tok = side * side if isinstance(side, int) else int(side[0]) * int(side[1])
+        n_tok = self._tokens(k)
         uses_unc = bool(g.uses_unconditional(k))
         out: list = [None] * B
         rows, prefix = [], {}
@@ -141,8 +154,7 @@ class BudgetGuard:
                 u[i, :k + 1] = unc
             return many(r, u, per_scale=True)[:, k]
 
-        allowed = {b: budgets[b] * self.flops_full - state.flops_used_per_image[b] + BUDGET_EPS * self.flops_full
-                   for b in rows}
+        allowed = {b: self._allowed(state, budgets[b], b) for b in rows}
         own = costs([(b, ratios[b]) for b in rows])
         over = []
         for b, c in zip(rows, own):
@@ -153,11 +165,11 @@ class BudgetGuard:
         # every smaller kept count of every image over budget (the cost rises with each token kept): the
         # most tokens that fit, which is what decide's binary search finds
         cands = [(b, keep) for b in over for keep in range(1, tokens_kept(n_tok, ratios[b]))]
-        cand_costs = costs([(b, (n_tok - keep + 0.5) / n_tok) for b, keep in cands]) if cands else []
+        cand_costs = costs([(b, self._ratio_keeping(n_tok, keep)) for b, keep in cands]) if cands else []
         best: dict = {}
         for (b, keep), c in zip(cands, cand_costs):
             if c <= allowed[b]:
-                best[b] = ((n_tok - keep + 0.5) / n_tok, float(c))  # keeps ascend: the last fit is the most tokens
+                best[b] = (self._ratio_keeping(n_tok, keep), float(c))  # keeps ascend: the last fit is the most tokens
         for b in over:
             if b in best:
                 out[b] = BudgetDecision(best[b][0], drops[b], True, best[b][1] / self.flops_full)
@@ -168,19 +180,18 @@ class BudgetGuard:
     def decide(self, state, ratio: float, drop: bool, budget: float, image: int = 0) -> BudgetDecision:
         """The decision to run at ``state``'s next scale so that image ``image`` of it stays within ``budget``
         (each image of a batch on its own spend so far)."""
-        allowed = budget * self.flops_full - state.flops_used_per_image[image] + BUDGET_EPS * self.flops_full
+        allowed = self._allowed(state, budget, image)
         if ratio >= 1.0:
             return BudgetDecision(ratio, drop, False, 0.0)
         cost = self._cost(state, ratio, drop, image)
         if cost <= allowed:
             return BudgetDecision(ratio, drop, False, cost / self.flops_full)
-        side = self.generator.scale_sides[state.scale_index]
-        n_tok = side * side if isinstance(side, int) else int(side[0]) * int(side[1])
+        n_tok = self._tokens(state.scale_index)
         # cost falls with every token dropped: binary search for the most tokens that still fit
         lo, hi, best = 1, tokens_kept(n_tok, ratio) - 1, None
         while lo <= hi:
             keep = (lo + hi) // 2
-            r = (n_tok - keep + 0.5) / n_tok  # mid-interval: tokens_kept(n_tok, r) == keep without float edge cases
+            r = self._ratio_keeping(n_tok, keep)
             c = self._cost(state, r, drop, image)
             if c <= allowed:
                 best, lo = (r, c), keep + 1

@@ -504,6 +504,10 @@ def random_schedule_at(generator, target_fraction: float, first: int, rng: np.ra
     unpruned = float(sum(generator.schedule_flops([0.0] * n)))
     lo, hi = np.log(0.2), np.log(5.0)
     many = getattr(generator, "schedule_flops_many", None)  # all of a block's FLOPs in one call, where offered
+
+    def gap_of(used: float | np.ndarray):  # = |generator.flops_fraction(ratios) - target|, without
+        return np.abs(1.0 + (used - unpruned) / full - target_fraction)  # the unpruned FLOPs each time
+
     best, best_gap, done = None, float("inf"), 0
     while done < tries:
         m = min(block, tries - done)
@@ -513,10 +517,6 @@ def random_schedule_at(generator, target_fraction: float, first: int, rng: np.ra
         v = np.clip(d[:, :k] ** power[:, None], 0.0, 1.0)
         ratios_mn = np.zeros((m, n))
         ratios_mn[:, first:] = np.where(v >= skip_threshold, 1.0, v)
-
-        def gap_of(used: float | np.ndarray):  # = |generator.flops_fraction(ratios) - target|, without
-            return np.abs(1.0 + (used - unpruned) / full - target_fraction)  # the unpruned FLOPs each time
-
         if many is not None:
             gaps = gap_of(many(ratios_mn))
             hit = np.flatnonzero(gaps <= tolerance)

@@ -70,17 +70,6 @@ class PruningPlan:
 
     def __post_init__(self) -> None:
         self.recorded: dict[tuple[int, str], torch.Tensor] = {}
-        self._on_device: dict = {}
-
-    def index(self, values: tuple, device, dtype=torch.long) -> torch.Tensor:
-        """``torch.tensor(values)`` on ``device``, made once per plan: every pruned sub-layer of the
-        forward needs the same row counts and row indices, and on a GPU each host-to-device copy of
-        a Python list is a synchronisation."""
-        key = (tuple(values), str(device), dtype)
-        t = self._on_device.get(key)
-        if t is None:
-            t = self._on_device[key] = torch.tensor(list(values), dtype=dtype, device=device)
-        return t
 
     @property
     def prunes(self) -> bool:
@@ -96,8 +85,7 @@ def row_token_counts(num_tokens: int, ratios: list[float]) -> list[int]:
     return [0 if r >= 1.0 else tokens_kept(num_tokens, r) for r in ratios]
 
 
-def select_rows(dev_BL: torch.Tensor, counts: list[int], num_tokens: int,
-                plan: "PruningPlan | None" = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def select_rows(dev_BL: torch.Tensor, counts: list[int], num_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token indices (B, n_max) for rows that keep different numbers of tokens, and the (B, n_max)
     validity mask (None when every row keeps n_max).
 
@@ -105,22 +93,16 @@ def select_rows(dev_BL: torch.Tensor, counts: list[int], num_tokens: int,
     entries of the top n_max, i.e. exactly what it would select alone); a row that keeps every token
     takes them in their natural order (so its KV entries are laid out as in the unpruned path).
     Slots past a row's count are padding (more of the row's tokens): the caller masks them out.
-    ``plan``: where the per-row tensors are made once (``PruningPlan.index``) instead of per call.
     """
-    dev = dev_BL.device
-
-    def on_device(values, dtype):
-        return plan.index(values, dev, dtype) if plan is not None else torch.tensor(list(values), dtype=dtype, device=dev)
-
     n_max = max(counts)
     idx = dev_BL.topk(n_max, dim=1, sorted=True).indices
-    full = tuple(c >= num_tokens for c in counts)
+    full = [c >= num_tokens for c in counts]
     if any(full):
-        natural = torch.arange(num_tokens, device=dev).expand(len(counts), num_tokens)
-        idx = torch.where(on_device(full, torch.bool)[:, None], natural, idx)
+        natural = torch.arange(num_tokens, device=dev_BL.device).expand(len(counts), num_tokens)
+        idx = torch.where(torch.tensor(full, device=dev_BL.device)[:, None], natural, idx)
     if all(c == n_max for c in counts):
         return idx, None
-    valid = torch.arange(n_max, device=dev)[None, :] < on_device(counts, torch.long)[:, None]
+    valid = torch.arange(n_max, device=dev_BL.device)[None, :] < torch.tensor(counts, device=dev_BL.device)[:, None]
     return idx, valid
 
 
@@ -208,10 +190,9 @@ class RowPruneCache:
             out[key] = base
         return RowPruneCache(tuple(hw_rows), out)
 
-    def resampled(self, key, hw, dim: int, dtype, device, resample, plan: "PruningPlan | None" = None) -> torch.Tensor:
+    def resampled(self, key, hw, dim: int, dtype, device, resample) -> torch.Tensor:
         """(B, h*w, D): each row's cached map resampled to ``hw`` by ``resample(t (n, S, D), from_hw, to_hw)``
-        (the backend's own area resampling), zeros for rows with nothing cached. ``plan``: where the
-        row indices are made once for every sub-layer (``PruningPlan.index``)."""
+        (the backend's own area resampling), zeros for rows with nothing cached."""
         L = hw[0] * hw[1]
         uniform = self.uniform_hw()
         if uniform is not None and key in self.tensors:
@@ -224,7 +205,7 @@ class RowPruneCache:
             if h is not None and key in self.tensors:
                 groups.setdefault(h, []).append(b)
         for src_hw, rows in groups.items():
-            idx = plan.index(rows, device) if plan is not None else torch.tensor(rows, dtype=torch.long, device=device)
+            idx = torch.tensor(rows, dtype=torch.long, device=device)
             s = src_hw[0] * src_hw[1]
             part = resample(self.tensors[key].index_select(0, idx)[:, :s], src_hw, hw)
             out.index_copy_(0, idx, part.to(dtype))
