@@ -10,7 +10,7 @@ A prompt (typed in the domain's grammar, or picked from a split) and a seed; sch
 (always: the reference), FastVAR, the seed's tail pattern, a "width:ratio,..." string and a trained
 agent. For each: the image, the codes summed after every scale, each scale's ratio and FLOPs, total
 FLOPs, latency, and SSIM / PSNR / CLIP (and DomainEval where it exists) vs Original. The page's logic
-is ``evaluation.explorer`` (tested without a browser); this file only lays it out with Gradio.
+is the ``explorer`` package (tested without a browser); this file only lays it out with Gradio.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--run", default=None, metavar="RUN_DIR",
                     help="trained agent to fill in (default: the latest finished run under runs/, if any)")
-    ap.add_argument("--latency-repeats", type=int, default=3, help="latency = median of this many timed generations")
+    ap.add_argument("--latency-repeats", type=int, default=3,
+                    help="latency = median of this many timed generations of each schedule, after one untimed warm-up run")
     ap.add_argument("--clip-model", default=None, help="open_clip model for the CLIP score (default: the shipped small CLIP, tiny only)")
     ap.add_argument("--clip-pretrained", default=None, help="its tag in the local cache or a checkpoint path")
     ap.add_argument("--no-judge", action="store_true", help="do not load the DomainEval judge even where it exists")
@@ -55,7 +56,7 @@ def build_page(explorer, default_run: str = "", default_prompt: str = DEFAULT_PR
     import gradio as gr
 
     from domain.splits import SPLITS, load_prompts
-    from evaluation.explorer import KIND_TITLES, SCHEDULE_KINDS, agent_form_state, page_view
+    from explorer import KIND_TITLES, SCHEDULE_KINDS, agent_form_state, page_view
 
     widths = ", ".join(map(str, explorer.generator.scale_widths))
     example_widths = ",".join(f"{w}:{r}" for w, r in zip(explorer.generator.scale_widths[-3:], ("0.5", "1", "1")))
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("gradio") is None:
         print("error: the explorer page needs gradio: pip install -e \".[app]\"", file=sys.stderr)
         return 2
-    from evaluation.explorer import Explorer, expected_errors
+    from explorer import Explorer, expected_errors
 
     try:
         if not 1 <= args.port <= 65535:

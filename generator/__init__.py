@@ -20,18 +20,3 @@ __all__ = [
     "WidthRatioSchedule", "parse_schedule", "run_schedule", "schedule_ratios",
 ]
 
-#: names that ``from generator import X`` used to give and that now live in a backend
-_MOVED_NAMES = {"GeneratorConfig": "embedded.config", "SamplingConfig": "embedded.config",
-                "TokenizerConfig": "embedded.config", "TransformerConfig": "embedded.config",
-                "GenerationState": "embedded.generator", "NextScaleGenerator": "embedded.generator"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED_NAMES:
-        import importlib
-        import warnings
-
-        warnings.warn(f"generator.{name} moved to {_MOVED_NAMES[name]}.{name}; import it from there",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(_MOVED_NAMES[name]), name)
-    raise AttributeError(f"module 'generator' has no attribute {name!r}")

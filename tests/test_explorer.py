@@ -1,4 +1,4 @@
-"""The explorer page's logic (evaluation.explorer) on the shipped embedded generator, without a browser.
+"""The explorer page's logic (the explorer package) on the shipped embedded generator, without a browser.
 
 The page must show what the command-line tools compute and, for bad input, the very message they
 print; these tests hold it to both by running the CLIs beside it.
@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import numpy as np
 import pytest
 
 import generate
 import train
-from evaluation.explorer import (Explorer, agent_budget_range, agent_form_state, intermediates_strip,
-                                 page_view, requests_from_form, scales_chart)
+from explorer import (Explorer, agent_budget_range, agent_form_state, intermediates_strip, page_view,
+                      requests_from_form, scales_chart)
 from generator.images import to_uint8
 from generator.schedules import FastVARSchedule, TailPatternSchedule, schedule_ratios
 
@@ -84,6 +85,42 @@ def test_metrics_are_vs_original(explorer, comparison):
     table = comparison.table_markdown()
     assert f"| FastVAR | 0.347 | {comparison.outcomes[1].total_fraction:.3f} |" in table and "FLOPs frac" in table
     assert "**FLOPs**" in comparison.outcomes[1].metrics_markdown()
+
+
+class LoggingGenerator:
+    """The real generator, logging each generation started and each image decoded, in order."""
+
+    def __init__(self, generator) -> None:
+        self._generator = generator
+        self.log: list[str] = []
+
+    def start(self, *args, **kwargs):
+        self.log.append("start")
+        return self._generator.start(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        self.log.append("decode")
+        return self._generator.decode(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._generator, name)
+
+
+def test_latency_is_the_median_of_the_timed_runs_after_one_untimed_warm_up(explorer):
+    logged = LoggingGenerator(explorer.generator)
+    comparison = Explorer(logged, clip=explorer.clip, latency_repeats=3).compare(
+        PROMPT, 3, requests_from_form(["FastVAR"], "5:0.5,6:1,8:1", ""))
+    expected = []
+    for o in comparison.outcomes:
+        assert len(o.latency_samples_ms) == 3 and all(t > 0 for t in o.latency_samples_ms)
+        assert o.latency_ms == statistics.median(o.latency_samples_ms)
+        assert "ms per image (median of 3 after a warm-up; batch 1" in o.metrics_markdown()
+        # first the warm-up, which also decodes the codes summed after every scale that ran, then 3 plain runs
+        expected += ["start"] + ["decode"] * (sum(not s.skipped for s in o.scales) + 1) + ["start", "decode"] * 3
+    assert logged.log == expected
+    assert "latency, ms per image (median of 3 after a warm-up)" in comparison.table_markdown()
+    with pytest.raises(ValueError, match=r"--latency-repeats\) must be an integer >= 1, got 0"):
+        Explorer(explorer.generator, latency_repeats=0)
 
 
 @pytest.mark.parametrize("field, value, argv", [
@@ -183,8 +220,8 @@ def test_app_refuses_bad_options_before_serving(tmp_path, capsys):
 
 
 def test_domaineval_column_where_the_judge_exists(explorer):
-    """Wired behind an import check: runs once evaluation.judge and its weights are in the checkout."""
-    judge_module = pytest.importorskip("evaluation.judge", reason="evaluation.judge (DomainEval) is not in this checkout")
+    """Wired behind an import check: runs once the judge package and its weights are in the checkout."""
+    judge_module = pytest.importorskip("judge", reason="the judge package (DomainEval) is not in this checkout")
     try:
         judge = judge_module.DomainJudge.load()
     except Exception as e:  # noqa: BLE001 - missing or unreadable weights: say which, and skip

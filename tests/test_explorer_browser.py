@@ -39,7 +39,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def page_url():
     import app
-    from evaluation.explorer import Explorer
+    from explorer import Explorer
 
     repeats = 5 if os.environ.get("EXPLORER_SCREENSHOT") else 1  # a screenshot's latencies: median of 5
     demo = app.build_page(Explorer.build(latency_repeats=repeats), default_run="")
