@@ -95,7 +95,7 @@ def check_compare_args(args) -> None:
     check_positive("--batch-size", args.batch_size)
     check_non_negative("--latency-images", args.latency_images)
     check_non_negative("--oracle-candidates", args.oracle_candidates)
-    from evaluation.metrics import check_unique
+    from rewards.stats import check_unique
 
     check_unique(f"seeds in --seeds {' '.join(map(str, args.seeds))}", args.seeds)
     check_unique(f"seeds in --search-seeds {' '.join(map(str, args.search_seeds))}", args.search_seeds)

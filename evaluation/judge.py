@@ -348,7 +348,7 @@ def _prompt_means(values: list[float], prompt_ids: list[int]) -> list[float]:
 
 def clustered_mean_ci(values: list[float], prompt_ids: list[int]) -> dict:
     """Mean and 95% CI clustered by prompt: seeds averaged within a prompt, t-interval over prompts."""
-    from evaluation.metrics import mean_ci
+    from rewards.stats import mean_ci
 
     mean, half, n = mean_ci(_prompt_means(values, prompt_ids))
     return {"mean": mean, "ci95": half, "num_prompts": n}
@@ -368,7 +368,7 @@ def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_r
     from scipy import stats
 
     from domain import load_prompts, render_prompt, sample_batch
-    from evaluation.metrics import paired
+    from rewards.stats import paired
     from generator.backends import load_backend
     from generator.images import to_uint8
     from generator.schedules import FastVARSchedule, RatioListSchedule, schedule_ratios

@@ -4,7 +4,7 @@ schedule per FLOPs target, the static Pareto frontier, the per-prompt oracle).
 
 Statistics: every CI and test is clustered by prompt — each prompt's seeds are averaged first, then a
 t interval / one-sample t test (and Wilcoxon signed-rank) runs over the prompt means
-(``evaluation.metrics.clustered_mean_ci`` / ``clustered_paired``). "n" in tables = prompts.
+(``rewards.stats.clustered_mean_ci`` / ``clustered_paired``). "n" in tables = prompts.
 
 FLOPs: ``flops_fraction`` is the TRANSFORMER fraction (what the env's reward and FastVAR's 0.347 count);
 ``total_flops_fraction`` adds the VQ decoder and the text encoder (an image's whole compute). Claims
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.metrics import check_unique, clustered_mean_ci, clustered_paired
 from generator.protocol import total_fraction_of_used
+from rewards.stats import check_unique, clustered_mean_ci, clustered_paired
 
 DOMAIN_METRICS = ("domain_attribute", "domain_scene")  # the headline columns (DomainEval)
 
