@@ -186,7 +186,7 @@ def agent_budget_range(run_config: dict) -> tuple[float, float] | None:
 def judge_or_none():
     """(DomainEval judge, "") when ``evaluation.judge`` exists and its weights load, else (None, why)."""
     try:
-        from evaluation.judge import DomainJudge  # another part of the project; absent in older checkouts
+        from judge import DomainJudge  # another part of the project; absent in older checkouts
     except ImportError as e:
         return None, f"DomainEval is not available in this checkout ({e})"
     try:

@@ -49,7 +49,7 @@ def check_items(prompts: list[str], seeds: list[int], source: str, grammar: bool
 
 @dataclass
 class DomainEval:
-    """The independent judge (``evaluation.judge.DomainJudge``: its own architecture and weights, trained
+    """The independent judge (``judge.DomainJudge``: its own architecture and weights, trained
     on rendered scenes only, never on generated images, not the reward's CLIP) as a per-image scorer:
     ``domain_attribute`` (fraction of the prompt's attributes that hold), ``domain_scene`` (1 if every
     object and the background are right), ``domain_<attribute>`` breakdowns. ``judge`` None = unavailable
@@ -63,7 +63,7 @@ class DomainEval:
         if not enabled:
             return cls(None, "not applicable (prompts outside the procedural domain)")
         try:
-            from evaluation import judge as judge_mod
+            import judge as judge_mod
         except ImportError as e:
             return cls(None, f"unavailable: the judge module is not installed here ({e})")
         from generator.weights_io import WeightsError
