@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fast", type=Path, default=None, help="FastVAR images")
     f.add_argument("--rl", type=Path, default=None, help="RL-agent images")
     f.add_argument("--method", action="append", default=[], metavar="NAME=DIR", help="more image sets (repeatable)")
-    g = ap.add_argument_group("GenEval mode (tabulate GenEval's evaluate_images.py results; see evaluation/geneval.py)")
+    g = ap.add_argument_group("GenEval mode (tabulate GenEval's evaluate_images.py results; see evaluation/geneval_table.py)")
     g.add_argument("--geneval", action="append", default=[], metavar="NAME=RESULTS.jsonl[@IMAGES_DIR]",
                    help="one per method, the first is the reference; IMAGES_DIR: the folder GenEval scored (for config.json)")
     m = ap.add_argument_group("metrics")
@@ -95,7 +95,7 @@ def check_compare_args(args) -> None:
     check_positive("--batch-size", args.batch_size)
     check_non_negative("--latency-images", args.latency_images)
     check_non_negative("--oracle-candidates", args.oracle_candidates)
-    from evaluation.metrics import check_unique
+    from rewards.stats import check_unique
 
     check_unique(f"seeds in --seeds {' '.join(map(str, args.seeds))}", args.seeds)
     check_unique(f"seeds in --search-seeds {' '.join(map(str, args.search_seeds))}", args.search_seeds)
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     from evaluation.metrics import MetricSuite
     from generator.weights_io import WeightsError
     from rewards import ClipWeightsUnavailable, LpipsUnavailable
-    from evaluation.geneval import run_geneval_mode
+    from evaluation.geneval_table import run_geneval_mode
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     folder = any(x is not None for x in (args.orig, args.fast, args.rl)) or bool(args.method)

@@ -99,7 +99,7 @@ def load_image(path: Path) -> torch.Tensor:
 
 def evaluate_folders(orig: str | Path, methods: dict[str, str | Path], suite) -> dict:
     """Per-method metrics vs ``orig`` (matched by image id) plus a full account of what was not scored."""
-    from evaluation.metrics import mean_ci
+    from rewards.stats import mean_ci
 
     ref_set = collect(orig)
     report: dict = {"orig": str(ref_set.root), "num_orig": len(ref_set.images), "notes": list(ref_set.notes),

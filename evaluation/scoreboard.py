@@ -4,7 +4,7 @@ schedule per FLOPs target, the static Pareto frontier, the per-prompt oracle).
 
 Statistics: every CI and test is clustered by prompt — each prompt's seeds are averaged first, then a
 t interval / one-sample t test (and Wilcoxon signed-rank) runs over the prompt means
-(``evaluation.metrics.clustered_mean_ci`` / ``clustered_paired``). "n" in tables = prompts.
+(``rewards.stats.clustered_mean_ci`` / ``clustered_paired``). "n" in tables = prompts.
 
 FLOPs: ``flops_fraction`` is the TRANSFORMER fraction (what the env's reward and FastVAR's 0.347 count);
 ``total_flops_fraction`` adds the VQ decoder and the text encoder (an image's whole compute). Claims
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.metrics import check_unique, clustered_mean_ci, clustered_paired
 from generator.protocol import total_fraction_of_used
+from rewards.stats import check_unique, clustered_mean_ci, clustered_paired
 
 DOMAIN_METRICS = ("domain_attribute", "domain_scene")  # the headline columns (DomainEval)
 
@@ -49,7 +49,7 @@ def check_items(prompts: list[str], seeds: list[int], source: str, grammar: bool
 
 @dataclass
 class DomainEval:
-    """The independent judge (``evaluation.judge.DomainJudge``: its own architecture and weights, trained
+    """The independent judge (``judge.DomainJudge``: its own architecture and weights, trained
     on rendered scenes only, never on generated images, not the reward's CLIP) as a per-image scorer:
     ``domain_attribute`` (fraction of the prompt's attributes that hold), ``domain_scene`` (1 if every
     object and the background are right), ``domain_<attribute>`` breakdowns. ``judge`` None = unavailable
@@ -63,7 +63,7 @@ class DomainEval:
         if not enabled:
             return cls(None, "not applicable (prompts outside the procedural domain)")
         try:
-            from evaluation import judge as judge_mod
+            import judge as judge_mod
         except ImportError as e:
             return cls(None, f"unavailable: the judge module is not installed here ({e})")
         from generator.weights_io import WeightsError

@@ -2,7 +2,7 @@
 
     python scripts/judge_on_reconstructions.py [--n 1000]
 
-Held-out renders (the judge CLI's, ``evaluation.judge.HELDOUT_RENDER_SEED``) are encoded and decoded by
+Held-out renders (the judge CLI's, ``judge.HELDOUT_RENDER_SEED``) are encoded and decoded by
 the shipped VQ tokenizer, and both versions are judged against their captions. The reconstructions are
 a ceiling for the generator (it can only emit token maps the tokenizer decodes), so the gap between
 the two rows is how much of a generated image's DomainEval score the tokenizer alone costs, or how
@@ -22,9 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from domain import parse_caption, sample_batch  # noqa: E402
 from embedded.loaders import load_tokenizer  # noqa: E402
-from evaluation.judge import (ATTRIBUTES, HELDOUT_RENDER_SEED, DomainJudge, pooled_per_attribute,  # noqa: E402
-                              score_scene)
 from generator.images import to_uint8  # noqa: E402
+from judge import ATTRIBUTES, HELDOUT_RENDER_SEED, DomainJudge, pooled_per_attribute, score_scene  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

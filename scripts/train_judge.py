@@ -1,4 +1,4 @@
-"""Train the DomainEval judge (``evaluation.judge``) on rendered domain scenes and their annotations.
+"""Train the DomainEval judge (``judge``) on rendered domain scenes and their annotations.
 
     python scripts/train_judge.py                                   # renders on the fly
     python scripts/render_pool.py --n 60000 --seed 7 --out pool_a.npz    # the shipped weights' data:
@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from domain import parse_caption, sample_batch  # noqa: E402
 from embedded.training import (ImagePool, add_training_args, checkpoint_and_check_time, cosine_lr,  # noqa: E402
                                domain_loader, elapsed_fraction, init_or_resume, pick_device)
-from evaluation.judge import (ATTRIBUTES, JUDGE_WEIGHTS, DomainJudge, JudgeConfig, JudgeNet, attribute_checks,  # noqa: E402
-                              images_to_input, judge_loss, scene_targets, score_scene)
 from generator.weights_io import save_module  # noqa: E402
+from judge import (ATTRIBUTES, JUDGE_WEIGHTS, DomainJudge, JudgeConfig, JudgeNet, attribute_checks,  # noqa: E402
+                   images_to_input, judge_loss, scene_targets, score_scene)
 
 TRAIN_SEED = 40_000        # on-the-fly batches: sample_batch(TRAIN_SEED + seed + ..., batch)
 VALIDATION_SEED = 612_345_001

@@ -10,7 +10,7 @@ from PIL import Image
 
 import evaluate_agent
 import generate
-from evaluation.metrics import mean_ci, paired
+from rewards.stats import mean_ci, paired
 
 PROMPTS = {"circle": "a large red solid circle in the centre on a plain gray background",
            "star": "a small blue dotted star at the top left on a plain white background"}

@@ -14,7 +14,8 @@ from PIL import Image
 
 import evaluate_agent
 import generate
-from evaluation.geneval import GENEVAL_TAGS, geneval_mode, signflip_p
+from evaluation.geneval import GENEVAL_TAGS
+from evaluation.geneval_table import geneval_mode, signflip_p
 from evaluation.preference import HPSv2Scorer, HPSv2Unavailable
 
 # GenEval-style metadata whose prompts are in the embedded domain's grammar (the classes and clauses are

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from domain import ObjectSpec, Scene, caption, parse_caption, render, render_prompt
-from evaluation.judge import (ATTRIBUTES, CELLS, JUDGE_WEIGHTS, DomainJudge, JudgeScore, main, score_scene,
-                              skip_after_middle_ratios)
 from generator.weights_io import WeightsError, read_metadata
+from judge import (ATTRIBUTES, CELLS, JUDGE_WEIGHTS, DomainJudge, JudgeScore, pooled_per_attribute, score_scene,
+                   skip_after_middle_ratios)
+from judge.cli import main
 
 # three scenes of known content: 1, 2 and 3 objects, every background kind, several textures and sizes
 PROMPTS = [
@@ -108,6 +109,17 @@ def test_score_scene_arithmetic_on_constructed_scenes():
     assert s.attribute_accuracy == 10 / 12 and s.per_attribute["shape"] == s.per_attribute["size"] == 0.5
 
 
+def test_pooled_per_attribute_pools_every_images_checks_and_rejects_unmatched_lists():
+    a = ObjectSpec("circle", "red", "large", "centre", "solid")
+    prompt = caption(Scene((a,), "plain", "gray"))
+    right = Scene((a,), "plain", "gray")
+    blue_on_navy = Scene((ObjectSpec("circle", "blue", "large", "centre", "solid"),), "plain", "navy")
+    pooled = pooled_per_attribute([right, blue_on_navy], [prompt, prompt])
+    assert pooled == {"position": 1.0, "shape": 1.0, "colour": 0.5, "texture": 1.0, "size": 1.0, "background": 0.75}
+    with pytest.raises(ValueError, match="2 scenes but 1 prompts"):
+        pooled_per_attribute([right, blue_on_navy], [prompt])
+
+
 def test_a_prompt_outside_the_grammar_names_the_first_bad_word(judge, images):
     with pytest.raises(ValueError, match="'mauve'"):
         judge.score(images[:1], ["a large mauve solid circle in the centre on a plain gray background"])
@@ -142,7 +154,7 @@ def test_skip_after_middle_is_the_model_cards_heavy_skip():
 
 def test_per_image_clip_hits_average_to_clip_retrieval_r1():
     from domain import sample_batch
-    from evaluation.judge import clip_retrieval_hits
+    from judge import clip_retrieval_hits
     from rewards.clip_model import clip_retrieval_r1, create_embedded_clip
 
     model, _, tok = create_embedded_clip()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from evaluation.metrics import check_unique, clustered_mean_ci, clustered_paired, mean_ci
+from rewards.stats import check_unique, clustered_mean_ci, clustered_paired, mean_ci
 
 
 def test_clustered_ci_is_wider_than_the_naive_one_by_the_expected_factor():
