@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from domain import Scene, caption, parse_caption
+from judge.accuracy import DETAILED_ATTRIBUTES, judge_on_reconstructions
 from judge.checks import pooled_per_attribute, score_scene
 from judge.heads import ATTRIBUTES
 from judge.model import DomainJudge
@@ -35,6 +37,8 @@ from rewards.stats import clustered_mean_ci, clustered_paired
 #: fresh seeds for the held-out renders: sample_batch(seed, n) seeds its generator with [seed, n, size],
 #: and no training script uses this seed (training: 40_000 + seed, pools: seed * 1_000_003 + i)
 HELDOUT_RENDER_SEED = 731_902_467
+#: the renders whose tokenizer reconstructions the judge is measured on (``judge.accuracy``)
+HELDOUT_RECONSTRUCTION_SEED = HELDOUT_RENDER_SEED + 7
 #: test prompts are rendered with image seeds HELDOUT_PROMPT_SEED + 1000 * k + i for seed k, prompt i
 HELDOUT_PROMPT_SEED = HELDOUT_RENDER_SEED + 1
 #: Gaussian blurs (px) the run also measures the judge under (not part of the 0.97 target)
@@ -225,9 +229,12 @@ def clip_vs_judge(per_method: dict[str, dict], test: TestImages, clip, clip_tok)
 
 
 def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_renders: int, batch_size: int = 50,
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] = print, num_reconstructions: int = 400,
+                   failures_png: Path | None = None) -> dict:
     """Everything ``python -m judge`` reports, as a dict: the first ``num_prompts`` test prompts x
-    ``seeds`` generated ``batch_size`` at a time, and ``num_renders`` held-out renders (stages above)."""
+    ``seeds`` generated ``batch_size`` at a time, ``num_renders`` held-out renders (stages above), and
+    the ``reconstruction`` block: ``num_reconstructions`` other held-out renders and their tokenizer
+    reconstructions (``judge.accuracy``; 0 = skip it)."""
     from domain import load_prompts
     from rewards.clip_model import create_embedded_clip
 
@@ -236,6 +243,11 @@ def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_r
     t = time.time()
     out.update(judge_on_renders(judge, test, num_renders))
     log(f"renders: {time.time() - t:.1f}s")
+    if num_reconstructions:
+        t = time.time()
+        out["reconstruction"] = judge_on_reconstructions(judge, num_reconstructions, HELDOUT_RECONSTRUCTION_SEED,
+                                                         failures_png=failures_png)
+        log(f"reconstructions: {time.time() - t:.1f}s")
     t = time.time()
     clip, _, clip_tok = create_embedded_clip()
     per_method = generate_and_judge(judge, test, batch_size, clip, clip_tok, log)
@@ -264,6 +276,8 @@ def format_report(r: dict) -> str:
         lines.append(f"  {'random, blur ' + f'{sigma:g}' + ' px':<22}" + "".join(f"{r[f'{key}_per_attribute'][a]:>11.4f}" for a in ATTRIBUTES)
                      + f"{'':>10}{r[f'{key}_scene_accuracy']:>11.4f}")
     lines.append(f"  target met: {r['render_target_met']} (worst attribute {r['render_min_attribute_accuracy']:.4f}, unblurred)")
+    if "reconstruction" in r:
+        lines += format_reconstruction(r["reconstruction"])
     lines += ["", "generated images, clustered 95% CI over prompts:",
               f"  {'schedule':<18}{'FLOPs':>7}{'attribute acc':>20}{'scene acc':>20}{'CLIP R@1':>10}"]
     for name in METHODS:
@@ -293,3 +307,19 @@ def format_report(r: dict) -> str:
     lines.append(f"  Spearman(CLIP score, judge attribute accuracy) over all generated images: "
                  f"{r['clip_score_vs_attribute_accuracy_spearman']:.3f}")
     return "\n".join(lines)
+
+
+def format_reconstruction(block: dict) -> list[str]:
+    """The ``reconstruction`` block as text lines: renders vs their full tokenizer reconstructions."""
+    lines = ["", f"judge on {block['renders']['n_images']} held-out renders and their tokenizer reconstructions "
+                 f"(seed {block['seed']}):",
+             f"  {'images':<26}" + "".join(f"{a[:11]:>12}" for a in DETAILED_ATTRIBUTES) + f"{'attr acc':>10}{'scene acc':>11}"
+             + "  by size (small/medium/large)"]
+    for label, key in (("renders", "renders"), ("reconstructions", "reconstructions"),
+                       ("recon., last scale dropped", "reconstructions_last_scale_dropped")):
+        b = block[key]
+        lines.append(f"  {label:<26}" + "".join(f"{b['per_attribute'][a]:>12.4f}" for a in DETAILED_ATTRIBUTES)
+                     + f"{b['attribute_accuracy']:>10.4f}{b['scene_accuracy']:>11.4f}  "
+                     + "/".join(f"{b['by_object_size'].get(s, float('nan')):.3f}" for s in ("small", "medium", "large")))
+    lines.append("  targets met: " + ", ".join(f"{k} {v}" for k, v in block["targets_met"].items()))
+    return lines

@@ -16,6 +16,7 @@ from domain import ObjectSpec, Scene, caption, parse_caption, render, render_pro
 from generator.weights_io import WeightsError, read_metadata
 from judge import (ATTRIBUTES, CELLS, JUDGE_WEIGHTS, DomainJudge, JudgeScore, pooled_per_attribute, score_scene,
                    skip_after_middle_ratios)
+from judge.accuracy import DETAILED_ATTRIBUTES
 from judge.cli import main
 
 # three scenes of known content: 1, 2 and 3 objects, every background kind, several textures and sizes
@@ -186,7 +187,8 @@ def test_cli_end_to_end_on_two_prompts(tmp_path, capsys):
     import json
 
     out = tmp_path / "j.json"
-    assert main(["--json", str(out), "--num-prompts", "2", "--seeds", "0", "--num-renders", "20"]) == 0
+    assert main(["--json", str(out), "--num-prompts", "2", "--seeds", "0", "--num-renders", "20",
+                 "--num-reconstructions", "12"]) == 0
     r = json.loads(out.read_text())
     for name in ("render", "generated", "fastvar", "skip_after_middle"):
         for m in ("attribute_accuracy", "scene_accuracy"):
@@ -197,8 +199,24 @@ def test_cli_end_to_end_on_two_prompts(tmp_path, capsys):
     t = r["clip_vs_judge"]["all"]
     cells = ("clip_right_judge_right", "clip_right_judge_wrong", "clip_wrong_judge_right", "clip_wrong_judge_wrong")
     assert math.isclose(sum(t[k] for k in cells), 1.0)
-    assert r["monotone_attribute_accuracy"] in ("strict", "non-strict", "no")
-    assert "DomainEval" in capsys.readouterr().out
+    from judge.domaineval import METHODS, monotone
+
+    assert r["monotone_attribute_accuracy"] == monotone([r[f"{m}_attribute_accuracy"] for m in METHODS])
+    rec = r["reconstruction"]
+    assert rec["renders"]["n_images"] == rec["reconstructions"]["n_images"] == 12
+    for block in ("renders", "reconstructions", "reconstructions_last_scale_dropped"):
+        assert set(rec[block]["per_attribute"]) == set(DETAILED_ATTRIBUTES)
+        assert 0.0 <= rec[block]["scene_accuracy"] <= rec[block]["attribute_accuracy"] <= 1.0
+    out = capsys.readouterr().out
+    assert "DomainEval" in out and "tokenizer reconstructions" in out
+
+
+def test_monotone_tells_strict_non_strict_and_rising_apart():
+    from judge.domaineval import monotone
+
+    assert monotone([0.9, 0.5, 0.1]) == "strict"
+    assert monotone([0.9, 0.5, 0.5]) == "non-strict"
+    assert monotone([0.5, 0.9, 0.1]) == "no"
 
 
 def test_cli_rejects_duplicate_seeds_and_missing_weights(tmp_path, capsys):
@@ -207,3 +225,18 @@ def test_cli_rejects_duplicate_seeds_and_missing_weights(tmp_path, capsys):
     assert e.value.code == 2 and "duplicates [0]" in capsys.readouterr().err
     assert main(["--weights", str(tmp_path / "none.safetensors"), "--num-prompts", "1"]) == 2
     assert "none.safetensors not found" in capsys.readouterr().err
+
+
+def test_detailed_accuracy_splits_the_background_and_groups_objects_by_size():
+    from judge.accuracy import detailed_accuracy
+
+    want = parse_caption(PROMPTS[1])  # a medium square, a small star, on a gradient navy background
+    wrong_kind = Scene(want.objects, "plain", want.background_colour)
+    no_small = Scene(tuple(o for o in want.objects if o.size != "small"), want.background, want.background_colour)
+    d = detailed_accuracy([want, wrong_kind, no_small], [PROMPTS[1]] * 3)
+    assert d["per_attribute"]["background_kind"] == 2 / 3 and d["per_attribute"]["background_colour"] == 1.0
+    assert d["per_attribute"]["shape"] == 5 / 6 and d["per_attribute"]["position"] == 5 / 6
+    assert d["by_object_size"] == {"small": 2 / 3, "medium": 1.0}
+    assert d["scene_accuracy"] == 1 / 3 and d["n_images"] == 3
+    with pytest.raises(ValueError, match="2 scenes but 1 captions"):
+        detailed_accuracy([want, want], [PROMPTS[1]])
