@@ -248,7 +248,8 @@ def compare_mode(args, suite) -> int:
     from evaluation.scoreboard import (
         DomainEval, QUALITY_METRICS, build_static_baselines, check_items, paired_rows, reward_of, summarize_rows,
     )
-    from evaluation.static_search import QualityScorer, random_schedule_at
+    from evaluation.grid_evaluation import QualityScorer
+    from evaluation.random_schedules import random_schedule_at
     from generator.protocol import total_flops_fraction
     from generator.schedules import (
         FastVARSchedule, OriginalSchedule, RatioListSchedule, TailPatternSchedule, schedule_ratios,
