@@ -86,6 +86,12 @@ def _timed_generation(generator, schedule, prompts: list[str], seeds: list[int])
     return images, state, time.perf_counter() - t0
 
 
+def time_alone(generator, schedule, prompt: str, seed: int) -> float:
+    """Seconds to generate one image alone at batch 1 (start, every scale, decode: the deployed path of
+    ``generate.py``), for the latency column."""
+    return _timed_generation(generator, schedule, [prompt], [seed])[2]
+
+
 class GenerationWorker:
     """One Ray actor: a generator built from a run's ``EnvConfig`` dict, generating shards of items."""
 

@@ -175,17 +175,16 @@ def test_evaluate_refuses_bad_counts(tmp_path, capsys, argv, message):
 
 def test_evaluate_reuses_its_clip_only_for_the_same_model_and_weights():
     from envs.config import EnvConfig
+    from evaluation.compare import clip_for_agent
     from evaluation.metrics import MetricSuite
     from rewards import ClipScorer
 
     suite = MetricSuite(clip=ClipScorer.embedded(), lpips=None)
-    ap = evaluate_agent.build_parser()
     run_cfg = EnvConfig(clip_model="ViT-B-32", clip_pretrained="/ckpt/a.pt")
-    assert evaluate_agent.clip_for_agent(run_cfg, ap.parse_args(["--clip-model", "ViT-B-32", "--clip-pretrained",
-                                                                 "/ckpt/a.pt"]), suite) is suite.clip
-    assert evaluate_agent.clip_for_agent(run_cfg, ap.parse_args(["--clip-model", "ViT-B-32", "--clip-pretrained",
-                                                                 "/ckpt/b.pt"]), suite) is None
-    assert evaluate_agent.clip_for_agent(EnvConfig(), ap.parse_args([]), suite) is suite.clip
+    assert clip_for_agent(run_cfg, "ViT-B-32", "/ckpt/a.pt", suite) is suite.clip
+    assert clip_for_agent(run_cfg, "ViT-B-32", "/ckpt/b.pt", suite) is None
+    default = evaluate_agent.compare_request(evaluate_agent.build_parser().parse_args([]))  # no --clip-* flags
+    assert clip_for_agent(EnvConfig(), default.clip_model, default.clip_pretrained, suite) is suite.clip
 
 
 # ---- the observation, the extras ------------------------------------------------------------------

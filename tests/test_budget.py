@@ -165,7 +165,7 @@ def test_evaluate_agent_budgets_give_one_agent_row_per_budget(budget_run, tmp_pa
     import json
 
     import evaluate_agent
-    from evaluate_agent import parse_budget
+    from evaluation.compare_plan import parse_budget
 
     assert parse_budget("fastvar", 0.35) == pytest.approx(0.35)
     assert parse_budget("0.8fastvar", 0.35) == pytest.approx(0.28)

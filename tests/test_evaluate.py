@@ -77,3 +77,93 @@ def test_statistics_helpers():
     assert (m, n) == (2.0, 3) and h == pytest.approx(2.4842, abs=1e-3)  # t(0.975, 2) * 1 / sqrt(3)
     c = paired([1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 2.5, 4.0])
     assert c["mean_diff"] == pytest.approx(0.5) and c["wins"] == 3 and c["n"] == 4
+
+
+# ---- compare mode: every argument is checked before the first image ------------------------------------
+# The checks live in evaluation.compare_plan.resolve_plan (no generator, no metric model) and, for budgets
+# given as multiples of FastVAR's FLOPs, in agent_rows (needs FastVAR's fraction): both run before the first
+# "[   n s] generating" progress line. Without them, `--budgets 2` failed after ~25 s of images.
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory):
+    """A short real budget-conditioned run (trained range [0.25, 0.6])."""
+    import train
+
+    out = tmp_path_factory.mktemp("runs")
+    args = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
+            "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress",
+            "--budget-range", "0.25", "0.6", "--allow-drop-unconditional", "--out", str(out), "--name", "b"]
+    assert train.main(args) == 0
+    return out / "b"
+
+
+def _progress_lines(err: str) -> list[str]:
+    """The comparison's progress lines ("[     3 s] generating: ..."): none may come before an argument error."""
+    import re
+
+    return re.findall(r"^\[\s*\d+ s\] .*$", err, flags=re.M)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budgets", "2"], "budget 2.0000 is outside the range"),
+    (["--budgets", "fastvar", "fastvar"], "--budgets lists a budget twice: fastvar fastvar"),
+    (["--budgets", "0.3", "0.30"], "--budgets lists a budget twice: 0.3 0.30"),
+    (["--budgets", "half"], "--budgets: 'half' is not a budget"),
+    (["--budget", "0.3", "--budgets", "0.4"], "--budget and --budgets cannot be combined"),
+    (["--budgets", "2fastvar"], "is outside the range"),  # needs FastVAR's FLOPs: after the generator, before images
+    (["--seeds", "0", "0"], "duplicate seeds in --seeds 0 0: 0"),
+    (["--search-seeds", "1", "1"], "duplicate seeds in --search-seeds 1 1: 1"),
+    (["--num-prompts", "0"], "--num-prompts must be >= 1, got 0"),
+    (["--prompts", "no_such_prompts.txt"], "prompts file no_such_prompts.txt not found"),
+    (["--search-prompts", "test"], "are both test and search prompts"),
+    (["--judge-weights", "no_such_judge.pt"], "--judge-weights no_such_judge.pt not found"),
+])
+def test_compare_mode_refuses_bad_arguments_before_any_image(budget_run, tmp_path, capsys, argv, message):
+    out = tmp_path / "ev"
+    assert evaluate_agent.main(["--run", str(budget_run), "--latency-images", "0"] + argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and not _progress_lines(err)
+    assert "[0.25, 0.6]" in err or "outside" not in message  # a range error names the run's range
+    assert not out.exists()
+
+
+def test_compare_mode_refuses_bad_paths_and_runs_before_any_image(budget_run, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    base = ["--run", str(budget_run), "--num-prompts", "1", "--seeds", "0"]
+    for argv, message in (([f"--cache-dir={a_file}"], f"--cache-dir {a_file} is a file"),
+                          ([f"--out={a_file}"], f"--out {a_file} is a file"),
+                          ([f"--json={tmp_path}"], f"--json {tmp_path} is a folder"),
+                          ([f"--run={budget_run}"], "--run lists the same run twice")):
+        assert evaluate_agent.main(base + argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and not _progress_lines(err), argv
+    unfinished = tmp_path / "unfinished"  # a run folder without its model: named before the baselines are made
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text((budget_run / "config.json").read_text())
+    assert evaluate_agent.main(["--run", str(unfinished), "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert f"{unfinished / 'best_model.zip'} is missing" in err and not _progress_lines(err)
+    assert evaluate_agent.main(["--runs-dir", str(tmp_path / "empty")]) == 2
+    assert f"no finished train.py run under {tmp_path / 'empty'}/" in capsys.readouterr().err
+
+
+def test_the_resolve_stage_needs_no_generator(budget_run, tmp_path):
+    """resolve_plan checks and resolves a request on its own (no model, no image); budgets relative to FastVAR
+    are checked by agent_rows against FastVAR's fraction, which the caller gets from the generator."""
+    from evaluation.compare_plan import CompareRequest, ItemRequest, agent_rows, resolve_plan
+
+    plan = resolve_plan(CompareRequest(runs=(budget_run,), test=ItemRequest("test", 2, (0, 5)), out=tmp_path / "ev"))
+    assert [r.label for r in plan.runs] == ["b"] and plan.domain_prompts and plan.first_controllable == 3
+    assert len(plan.items.test) == 4 and plan.items.seeds == [0, 5] and len(plan.items.search) == 100
+    assert plan.budgets.tokens == ["fastvar", "0.8fastvar", "0.6fastvar"] and not plan.budgets.explicit
+    assert [(r.name, round(r.budget, 3)) for r in agent_rows(plan.runs, plan.budgets, 0.5)] == [
+        ("rl:b@0.500", 0.5), ("rl:b@0.400", 0.4), ("rl:b@0.300", 0.3)]
+    with pytest.raises(ValueError, match=r"budget 0\.2100 is outside the range .* \[0\.25, 0\.6\]"):
+        agent_rows(plan.runs, plan.budgets, 0.35)  # 0.6 x 0.35
+    twice = resolve_plan(CompareRequest(runs=(budget_run,), budgets=("0.35", "fastvar"), out=tmp_path / "ev"))
+    with pytest.raises(ValueError, match="--budgets lists a budget twice: 0.35 fastvar"):
+        agent_rows(twice.runs, twice.budgets, 0.35)
+    with pytest.raises(ValueError, match=r"budget 2\.0000 is outside the range"):
+        resolve_plan(CompareRequest(runs=(budget_run,), budgets=("2",)))
+    assert not (tmp_path / "ev").exists()

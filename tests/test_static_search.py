@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from embedded.loaders import random_generator
+from evaluation.grid_evaluation import GridCache, GridEvaluator, QualityScorer, run_prefix_tree
 from evaluation.static_search import (
-    FlopsTable, GridCache, GridEvaluator, QualityScorer, grid_schedules, guided_scales, neighbours, pareto_frontier,
-    per_prompt_oracle, run_prefix_tree, schedule_fractions, search_best_static,
+    FlopsTable, grid_schedules, guided_scales, neighbours, pareto_frontier, per_prompt_oracle, schedule_fractions,
+    search_best_static,
 )
 from generator.schedules import StaticSchedule
 
@@ -146,7 +147,7 @@ def test_frontier_and_oracle_on_constructed_numbers():
 
 def _one_try_at_a_time(generator, target, first, rng, skip_threshold, tolerance=0.02, tries=20000):
     """The random baseline's definition, one try per loop (the reference the block-drawn one must equal)."""
-    from evaluation.static_search import vector_to_ratios
+    from evaluation.random_schedules import vector_to_ratios
 
     n = generator.num_scales
     best, best_gap = None, float("inf")
@@ -182,7 +183,7 @@ def test_random_schedules_drawn_in_blocks_are_the_one_at_a_time_draws(gen, targe
     ``schedule_flops`` gets: the same generator's methods, minus the optional one)."""
     from types import SimpleNamespace
 
-    from evaluation.static_search import random_schedule_at
+    from evaluation.random_schedules import random_schedule_at
 
     g = gen if fast else SimpleNamespace(num_scales=gen.num_scales, flops_full=gen.flops_full,
                                          schedule_flops=gen.schedule_flops)

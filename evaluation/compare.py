@@ -1,0 +1,309 @@
+"""Compare mode's pipeline: Original vs FastVAR vs the seed's tail pattern vs trained agents vs the best
+static schedule, the per-prompt oracle and a random schedule at each agent's FLOPs, on the same items.
+
+    resolve_plan (evaluation.compare_plan: every argument checked, no model built)
+    -> build_models      the generator, DomainEval, the reward's quality terms; the agent rows
+    -> generate_baselines / generate_agents      each method's images and per-image records
+    -> static_baselines  grid on the search items, best static schedule per target, oracle on test
+    -> generate_random   a random schedule per image at each agent's transformer FLOPs
+    -> score_methods     per-image metrics, QUALITY and the run's reward
+    -> build_summary     prompt-clustered statistics and paired comparisons (evaluation.compare_summary)
+    -> write_report      table.md, per_image.csv, summary.json, pareto.png, grid.png
+
+``run_comparison`` runs them in that order. Every random draw is seeded per image (generation) or
+per agent (``np.random.default_rng(0)`` for its random schedules), so the numbers do not depend on
+how the stages are grouped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from evaluation.compare_plan import (
+    AgentRow, BudgetRequest, ComparePlan, GenerationSettings, RunInfo, StaticSearchSettings, agent_suffix,
+)
+from evaluation.generation import MethodSpec
+
+
+class ProgressLog:
+    """Progress lines on stderr, each with the seconds since the comparison started."""
+
+    def __init__(self) -> None:
+        self.t_start = time.time()
+
+    def elapsed(self) -> float:
+        """Seconds since the start."""
+        return time.time() - self.t_start
+
+    def __call__(self, msg: str) -> None:
+        print(f"[{self.elapsed():6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Models:
+    """What the comparison is computed with: the runs' generator, the independent judge, the reward
+    whose quality terms define QUALITY (the runs share them: checked by ``resolve_runs``), and the
+    agent rows (a budget-conditioned run once per budget)."""
+
+    generator: object
+    domain: object              # evaluation.scoreboard.DomainEval
+    reward_fn: object           # rewards.RewardFunction
+    agents: list[AgentRow]
+
+
+@dataclass
+class MethodRun:
+    """One compared method: its images (3, H, W) and per-image records (ratios, FLOPs, latency) in item
+    order, with the kind and note the summary shows. ``budget``: an agent's FLOPs budget (for the
+    reward column); ``static_label``: the target a best-static / oracle row was chosen for."""
+
+    name: str
+    kind: str
+    note: str
+    images: list[torch.Tensor]
+    records: list[dict]
+    budget: float | None = None
+    static_label: str | None = None
+
+
+def clip_for_agent(env_cfg, clip_model: str | None, clip_pretrained: str | None, suite):
+    """The metric suite's CLIP where it is the model *and* weights the run observes prompts with, else None
+    (``load_agent_schedule`` then builds the run's own)."""
+    same = (env_cfg.clip_model, env_cfg.clip_pretrained) == (clip_model, clip_pretrained)
+    return suite.clip if same else None
+
+
+# ---- models -----------------------------------------------------------------------------------------
+
+def build_models(runs: tuple[RunInfo, ...], budgets: BudgetRequest, domain_prompts: bool, judge_weights: Path | None,
+                 suite) -> Models:
+    """The runs' generator, the agent rows (budgets as multiples of FastVAR's need its FLOPs model: checked
+    here, before any image), every run checked to fit the generator, DomainEval and the reward."""
+    from agents.schedule import check_layout, check_same_generator
+    from envs.factory import make_generator
+    from evaluation.compare_plan import agent_rows
+    from evaluation.scoreboard import DomainEval
+    from generator.schedules import FastVARSchedule, schedule_ratios
+    from rewards import RewardFunction
+
+    generator = make_generator(runs[0].env)
+    fastvar_fraction = generator.flops_fraction(schedule_ratios(FastVARSchedule(), generator.num_scales))
+    agents = agent_rows(runs, budgets, fastvar_fraction)
+    for run in runs:  # what load_agent_schedule checks, before the first image rather than after the baselines
+        check_layout(dict(run.config["observation_layout"], run=run.path.name), generator)
+        check_same_generator(run.config, generator, run.path)
+    domain = DomainEval.load(judge_weights, enabled=domain_prompts)
+    reward_fns = [RewardFunction(r.env.reward, clip=suite.clip if r.env.reward.clip_weight > 0 else None,
+                                 lpips=suite.lpips if r.env.reward.lpips_weight > 0 else None) for r in runs]
+    return Models(generator, domain, reward_fns[0], agents)
+
+
+def start_pool(env_cfg, workers: int | None, log: Callable[[str], None]):
+    """K Ray actors, each with its own generator (None: generate locally)."""
+    if not workers:
+        return None
+    from evaluation.generation import GenerationPool
+
+    pool = GenerationPool(env_cfg.to_dict(), workers, threads_per_worker=max(1, (os.cpu_count() or 1) // workers))
+    log(f"{workers} Ray workers up")
+    return pool
+
+
+# ---- generation -------------------------------------------------------------------------------------
+
+def generate_method(generator, spec: MethodSpec, items: list[tuple[str, int]], settings: GenerationSettings,
+                    pool=None, schedule=None) -> tuple[list[torch.Tensor], list[dict]]:
+    """Every (prompt, seed) in batches of ``settings.batch_size`` (per-image decisions where the method
+    has them: a trained agent, a per-prompt oracle, random schedules), locally or sharded over a Ray
+    ``GenerationPool``; then the first ``settings.latency_images`` items timed again alone at batch 1 (as
+    deployed) for the latency column (milliseconds). ``schedule``: the agent already loaded here."""
+    from evaluation.generation import generate_items, time_alone
+
+    if pool is not None:
+        images, recs = pool.generate(spec, items, settings.batch_size)
+    else:
+        images, recs = generate_items(generator, spec, items, settings.batch_size, schedule=schedule)
+    for i in range(min(settings.latency_images, len(items))):
+        sched = schedule if schedule is not None else (spec.per_item[i] if spec.per_item is not None else spec.schedule)
+        if hasattr(sched, "bind"):
+            sched.bind(None)
+        recs[i]["latency_ms"] = 1000 * time_alone(generator, sched, items[i][0], items[i][1])
+    return images, recs
+
+
+def generate_baselines(generator, items: list[tuple[str, int]], settings: GenerationSettings, pool,
+                       log: Callable[[str], None]) -> dict[str, MethodRun]:
+    """Original (no pruning), FastVAR and the seed's tail pattern."""
+    from generator.schedules import FastVARSchedule, OriginalSchedule, TailPatternSchedule
+
+    widths = tuple(generator.scale_widths)
+    out = {}
+    for name, schedule, note in (("original", OriginalSchedule(), "no pruning"),
+                                 ("fastvar", FastVARSchedule(), FastVARSchedule().describe(widths)),
+                                 ("tail", TailPatternSchedule(), TailPatternSchedule().describe(widths))):
+        images, recs = generate_method(generator, MethodSpec(schedule=schedule), items, settings, pool)
+        out[name] = MethodRun(name, "baseline", note, images, recs)
+    log(f"original, fastvar, tail: {len(items)} images each")
+    return out
+
+
+def generate_agents(generator, agents: list[AgentRow], items: list[tuple[str, int]], settings: GenerationSettings,
+                    pool, clip_of: Callable[[object], object], log: Callable[[str], None]) -> dict[str, MethodRun]:
+    """Each agent row's images; ``clip_of(env_config)``: a CLIP to share with the run, or None."""
+    from agents.schedule import load_agent_schedule
+
+    out = {}
+    for row in agents:
+        agent = load_agent_schedule(row.run.path, generator, clip=clip_of(row.run.env), budget=row.budget)
+        spec = MethodSpec(agent_run=str(row.run.path), agent_budget=row.budget)
+        images, recs = generate_method(generator, spec, items, settings, pool, schedule=agent)
+        out[row.name] = MethodRun(row.name, "rl", row.note, images, recs, budget=row.budget)
+        mean_total = float(np.mean([r["total_flops_fraction"] for r in recs]))
+        log(f"{row.name}: {len(items)} images, mean total FLOPs fraction {mean_total:.4f}")
+    return out
+
+
+def static_targets(generator, agent_runs: dict[str, MethodRun]) -> dict[str, float]:
+    """The total-FLOPs targets of the static search: each agent's mean, then FastVAR's."""
+    from generator.protocol import total_flops_fraction
+    from generator.schedules import FastVARSchedule, schedule_ratios
+
+    targets = {name: float(np.mean([r["total_flops_fraction"] for r in m.records])) for name, m in agent_runs.items()}
+    targets["fastvar"] = total_flops_fraction(generator, schedule_ratios(FastVARSchedule(), generator.num_scales))
+    return targets
+
+
+def static_baselines(models: Models, first: int, targets: dict[str, float], val_items: list[tuple[str, int]],
+                     items: list[tuple[str, int]], refs_B3HW: torch.Tensor, static: StaticSearchSettings,
+                     skip_threshold: float, settings: GenerationSettings, pool,
+                     log: Callable[[str], None]):
+    """The static grid searched on ``val_items`` (best static schedule per target, frontier, oracle on the
+    test items), then the images of each best static schedule and oracle: (StaticBaselines, runs)."""
+    from evaluation.scoreboard import build_static_baselines
+
+    generator = models.generator
+    found = build_static_baselines(generator, first, targets, val_items, items, refs_B3HW, models.reward_fn,
+                                   models.domain, skip_threshold=skip_threshold, refine_rounds=static.refine_rounds,
+                                   oracle=static.oracle, cache_dir=static.cache_dir, grid_ratios=tuple(static.grid_ratios),
+                                   batch_size=settings.batch_size, oracle_candidates=static.oracle_candidates, log=log)
+    log(f"static search: {found.info}")
+    widths = tuple(generator.scale_widths)
+    out = {}
+    for label, res in found.search.items():
+        suffix = (agent_suffix(label, len(models.agents)) if label.startswith("rl:") else f"@{label}")
+        name = "best_static" + suffix
+        images, recs = generate_method(generator, MethodSpec(schedule=res.schedule), items, settings, pool)
+        out[name] = MethodRun(name, "best_static", f"{res.schedule.describe(widths)}; chosen on {len(val_items)} "
+                              f"validation images by quality at total FLOPs <= {res.target_total_fraction:.3f} ({label})",
+                              images, recs, static_label=label)
+        if label in found.oracle:
+            per_prompt = found.oracle[label]
+            oname = "oracle" + suffix
+            spec = MethodSpec(per_item=tuple(per_prompt[p] for p, _ in items))
+            images, recs = generate_method(generator, spec, items, settings, pool)
+            out[oname] = MethodRun(oname, "oracle", f"UPPER BOUND: per test prompt, the grid schedule with total FLOPs "
+                                   f"<= {res.target_total_fraction:.3f} that is best on that prompt's own test images "
+                                   f"(by quality)", images, recs, static_label=label)
+    return found, out
+
+
+def generate_random(generator, agents: list[AgentRow], agent_runs: dict[str, MethodRun], items: list[tuple[str, int]],
+                    settings: GenerationSettings, pool) -> dict[str, MethodRun]:
+    """Per agent row, a random schedule per image at the agent's mean transformer FLOPs (each row's own
+    ``np.random.default_rng(0)``)."""
+    from evaluation.random_schedules import random_schedule_at
+    from generator.schedules import RatioListSchedule
+
+    out = {}
+    for row in agents:
+        rng = np.random.default_rng(0)
+        target_t = float(np.mean([r["flops_fraction"] for r in agent_runs[row.name].records]))
+        rand = tuple(RatioListSchedule(tuple(random_schedule_at(generator, target_t, row.run.first_controllable, rng,
+                                                                row.run.env.skip_threshold))) for _ in items)
+        name = "random" + agent_suffix(row.name, len(agents))
+        images, recs = generate_method(generator, MethodSpec(per_item=rand), items, settings, pool)
+        out[name] = MethodRun(name, "random", f"uniform random ratios per image at {row.name}'s transformer FLOPs",
+                              images, recs)
+    return out
+
+
+# ---- scoring ----------------------------------------------------------------------------------------
+
+def score_methods(methods: dict[str, MethodRun], items: list[tuple[str, int]], refs_B3HW: torch.Tensor, suite,
+                  domain, reward_fn) -> dict[str, list[dict]]:
+    """Per method, one row per image: DomainEval, the metric suite, the record (FLOPs, latency), QUALITY
+    (the reward's quality terms) and the run's episode reward."""
+    from evaluation.grid_evaluation import QualityScorer
+    from evaluation.scoreboard import reward_of
+
+    prompts = [p for p, _ in items]
+    quality = QualityScorer(reward_fn, refs_B3HW, prompts)
+    per_method: dict[str, list[dict]] = {}
+    for name, m in methods.items():
+        x = torch.stack(m.images)
+        scores = suite.score(x, prompts, refs_B3HW)
+        # QUALITY from the suite's own SSIM / PSNR / CLIP (/ LPIPS) values: the same functions and models
+        # as the reward's, so the images are not scored twice
+        q = quality.quality_of({k: [sc[k] for sc in scores] for k in ("ssim", "psnr", "clip_score", "lpips")
+                                if k in scores[0]}, slice(0, len(items)))
+        dom = domain(x, prompts) if domain.available else {}
+        rows = []
+        for k, ((p, s), rec, sc) in enumerate(zip(items, m.records, scores)):
+            rows.append({"method": name, "prompt": p, "seed": s, **{d: float(v[k]) for d, v in dom.items()}, **sc,
+                         **{k2: v for k2, v in rec.items() if k2 not in ("ratios", "dropped_cfg")},
+                         "quality": float(q[k]), "reward": reward_of(reward_fn.config, float(q[k]), rec["flops_fraction"],
+                                                                     m.budget),
+                         "ratios": " ".join(f"{r:g}" + ("d" if d else "") for r, d in zip(rec["ratios"], rec["dropped_cfg"]))})
+        per_method[name] = rows
+    return per_method
+
+
+# ---- the pipeline -----------------------------------------------------------------------------------
+
+def generate_all(plan: ComparePlan, models: Models, suite, pool, log: Callable[[str], None]):
+    """Every method's images, in the table's order: (methods, the references (N, 3, H, W) = Original's
+    images, the static baselines or None)."""
+    req, items = plan.request, plan.items.test
+    log(f"generating: {len(items)} items ({len(plan.items.test_prompts)} prompts x seeds {plan.items.seeds}) "
+        f"per method, batch {req.generation.batch_size}")
+    methods = generate_baselines(models.generator, items, req.generation, pool, log)
+    refs = torch.stack(methods["original"].images)
+    agent_runs = generate_agents(models.generator, models.agents, items, req.generation, pool,
+                                 lambda env: clip_for_agent(env, req.clip_model, req.clip_pretrained, suite), log)
+    methods.update(agent_runs)
+    static = None
+    if req.static.enabled:
+        static, static_runs = static_baselines(models, plan.first_controllable, static_targets(models.generator, agent_runs),
+                                               plan.items.search, items, refs, req.static, plan.runs[0].env.skip_threshold,
+                                               req.generation, pool, log)
+        methods.update(static_runs)
+    methods.update(generate_random(models.generator, models.agents, agent_runs, items, req.generation, pool))
+    log("all methods generated")
+    return methods, refs, static
+
+
+def run_comparison(plan: ComparePlan, suite, log: ProgressLog) -> dict:
+    """The whole comparison of a resolved plan; writes the report to ``plan.out`` and returns the summary."""
+    from evaluation.compare_summary import build_summary, write_report
+
+    req, items = plan.request, plan.items.test
+    models = build_models(plan.runs, plan.budgets, plan.domain_prompts, req.judge_weights, suite)
+    pool = start_pool(plan.runs[0].env, req.generation.workers, log)
+    try:
+        methods, refs, static = generate_all(plan, models, suite, pool, log)
+        per_method = score_methods(methods, items, refs, suite, models.domain, models.reward_fn)
+        summary = build_summary(plan, models, suite, methods, per_method, static)
+    finally:
+        if pool is not None:
+            pool.close()
+    summary["wall_clock_s"] = round(log.elapsed(), 1)
+    write_report(summary, per_method, methods, items, plan.out, req.json, req.grid_prompts)
+    return summary
