@@ -12,7 +12,8 @@ of ``vae_type``). This path does what they do with the same upstream code and fi
   its fixed argument set and the channel multipliers replaced by ``vae_kwargs``; every tensor of the file is then checked to
   have landed (``load_cnn`` skips keys silently);
 - transformer: upstream ``Infinity`` with run_infinity.py's construction arguments and the
-  ``model_kwargs`` shape, then ``load_state_dict(torch.load(model_path))`` (strict).
+  ``model_kwargs`` shape, then upstream's ``load_state_dict(torch.load(model_path))``, which is
+  non-strict and only prints what did not fit: here a missing or unexpected tensor is an error.
 
 What it does not exercise of the real path: run_infinity.py's functions themselves (their CUDA moves,
 ``torch.cuda.amp`` autocast around construction, the model cache copy / slim-checkpoint step,
@@ -145,10 +146,14 @@ def load_direct(up: SimpleNamespace, opts: InfinityOptions):
     check_vae_loaded(vae, opts)
     model = build_transformer(up, opts, vae, device)
     state = torch.load(str(opts.model_path), map_location=device, weights_only=True)
+    fits = f"does not fit the transformer shape {transformer_kwargs(opts)} (text_channels {opts.text_channels})"
     try:
-        model.load_state_dict(state)
+        result = model.load_state_dict(state)  # upstream's override: non-strict, as load_infinity calls it
     except RuntimeError as e:
-        raise InfinityOptionsError(f"model_path {opts.model_path!r} does not fit the transformer shape "
-                                   f"{transformer_kwargs(opts)} (text_channels {opts.text_channels}): {e}") from None
+        raise InfinityOptionsError(f"model_path {opts.model_path!r} {fits}: {e}") from None
+    if result.missing_keys or result.unexpected_keys:  # upstream only prints these: we stop
+        raise InfinityOptionsError(f"model_path {opts.model_path!r} {fits}: {len(result.missing_keys)} tensors missing "
+                                   f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
+                                   f"(e.g. {result.unexpected_keys[:3]})")
     model.rng = torch.Generator(device=device)
     return tokenizer, encoder, vae, model
