@@ -1,5 +1,6 @@
-"""``python -m infinity_backend flops|check|make-tiny``: the FLOPs table, the options check (with a memory
-estimate per batch) and the tiny random checkpoint for trying the whole path on a CPU."""
+"""``python -m infinity_backend flops|check|make-tiny|cost``: the FLOPs table, the options check (with a
+memory estimate per batch), the tiny random checkpoint for trying the whole path on a CPU, and the GPU
+time to budget."""
 
 from __future__ import annotations
 
@@ -31,6 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("out_dir", type=Path)
     t.add_argument("--src", default=None, help="upstream checkout (default: $INFINITY_SRC)")
     t.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("cost", help="GPU-hours to budget: per image, per training run, per static search (analytic "
+                                    "FLOPs at an assumed sustained throughput; takes about a minute)")
+    g.add_argument("--tflops", type=float, default=200.0, help="ASSUMED sustained TFLOP/s of your GPU (default 200)")
+    g.add_argument("--timesteps", type=int, default=24_000)
+    g.add_argument("--num-controllable", type=int, default=4)
+    g.add_argument("--train-prompts", type=int, default=1000)
+    g.add_argument("--image-seeds", type=int, default=2)
+    g.add_argument("--val-prompts", type=int, default=100)
+    g.add_argument("--eval-freq", type=int, default=2000)
+    g.add_argument("--mean-fraction", type=float, default=0.6, help="mean transformer FLOPs fraction of training images")
+    g.add_argument("--search-items", type=int, default=100, help="search prompts x search seeds")
+    g.add_argument("--grid-ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
+    g.add_argument("--target", type=float, default=0.45, help="total FLOPs fraction the static search must fit")
     return ap
 
 
@@ -82,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             ratios = schedule_ratios(parse_schedule(args.schedule, widths), len(widths))
         t = flops_table(args.model, args.pn, cfg=not args.no_cfg, text_tokens=args.text_tokens, ratios=ratios)
         print(json.dumps(t, indent=1) if args.json else format_flops_table(t))
+        return 0
+    if args.cmd == "cost":
+        from infinity_backend.cost import cost_report
+
+        print(cost_report(args.tflops, timesteps=args.timesteps, num_controllable=args.num_controllable,
+                          train_prompts=args.train_prompts, image_seeds=args.image_seeds, val_prompts=args.val_prompts,
+                          eval_freq=args.eval_freq, mean_fraction=args.mean_fraction, search_items=args.search_items,
+                          grid_ratios=tuple(args.grid_ratios), target=args.target))
         return 0
     if args.cmd == "make-tiny":
         from infinity_backend.tiny import make_tiny

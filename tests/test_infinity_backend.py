@@ -480,3 +480,22 @@ def test_tiny_checkpoint_files_that_do_not_fit_are_named(tmp_path, monkeypatch):
         make_infinity_generator(**{**opts, "vae_kwargs": {**opts["vae_kwargs"], "num_res_blocks": 2}})
     with pytest.raises(InfinityOptionsError, match=r"model_path .*infinity_tiny.pth' does not fit the transformer shape"):
         make_infinity_generator(**{**opts, "model_kwargs": {**opts["model_kwargs"], "depth": 4}})
+
+
+def test_cost_model_of_infinity_2b(capsys):
+    """Per-image FLOPs (transformer as the FLOPs table, decoder as counted, T5 padded to 512 tokens) and the
+    static search's prefix tree: every schedule fits a target of 1; a schedule's nodes are counted once."""
+    from infinity_backend.cost import per_image_flops, static_search_flops
+
+    f = per_image_flops("infinity_2b", "1M")
+    assert f["transformer"] / 1e9 == pytest.approx(flops_table("infinity_2b", "1M")["total_gflops"], rel=1e-9)
+    assert f["decode"] == pytest.approx(9.848e12) and f["text"] == pytest.approx(2 * 1.22e9 * 512)
+    everything = static_search_flops(f, 2, (0.5,), target=1.0)
+    assert everything["schedules"] == everything["fitting"] == 9
+    nothing = static_search_flops(f, 2, (0.5,), target=0.01)
+    assert nothing["fitting"] == 0
+    # with nothing fitting, only the shared prefix (scales before the controllable ones) and T5 are left
+    assert nothing["flops_per_item"] < everything["flops_per_item"] - 9 * f["decode"]
+    assert main(["cost", "--tflops", "100", "--num-controllable", "2", "--grid-ratios", "0.5", "--target", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "assumed sustained throughput 100 TFLOP/s" in out and "9 schedules, 9 within total FLOPs 1" in out
