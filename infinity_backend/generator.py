@@ -3,6 +3,7 @@ cached token pruning and scale skipping, bitwise sampling with CFG, Infinity's F
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 from pathlib import Path
@@ -100,17 +101,14 @@ class InfinityGenerator:
         return state.summed_codes.squeeze(-3)
 
     def fingerprint(self) -> str:
+        """Identifies what images this generator makes (reference and grid caches, run configs). The
+        checkpoints enter by name, size and a sampled content hash: two fine-tunes of one architecture
+        have the same name and size, and must not share cached references."""
         o = self.opts
-
-        def stamp(p):
-            if not p:
-                return None
-            q = Path(p).expanduser()
-            return f"{q.name}:{q.stat().st_size}" if q.is_file() else q.name
-
         return (f"infinity:{o.model_type}:{self.scale_schedule}:cfg={self.cfg_list}:tau={self.tau_list}:"
                 f"ins={o.cfg_insertion_layer}:topk={o.top_k}:topp={o.top_p}:rng={o.rng}:bf16={self._autocast}:"
-                f"prune={self.prune_layers}:model={stamp(o.model_path)}:vae={stamp(o.vae_path)}:t5={stamp(o.text_encoder_ckpt)}")
+                f"prune={self.prune_layers}:model={checkpoint_stamp(o.model_path)}:vae={checkpoint_stamp(o.vae_path)}:"
+                f"t5={checkpoint_stamp(o.text_encoder_ckpt)}")
 
     def schedule_flops(self, ratios: list[float], unconditional: list[bool] | None = None) -> list[float]:
         if unconditional is None:
@@ -344,3 +342,23 @@ class InfinityGenerator:
 
         state = run_schedule(self, self.start(prompts, seeds), schedule)
         return self.decode(state), state
+
+
+def checkpoint_stamp(path: str | None, sample: int = 1 << 20) -> str | None:
+    """``name:size:hash`` of a checkpoint file (the hash of its first, middle and last MiB: a few ms for any
+    size) or of a folder (the same over its files, e.g. a T5 folder); None without a path."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+    h = hashlib.sha256()
+    size = 0
+    for f in files:
+        n = f.stat().st_size
+        size += n
+        h.update(f"{f.name}:{n}".encode())
+        with f.open("rb") as fh:
+            for offset in sorted({0, max(0, n // 2 - sample // 2), max(0, n - sample)}):
+                fh.seek(offset)
+                h.update(fh.read(sample))
+    return f"{p.name}:{size}:{h.hexdigest()[:12]}"

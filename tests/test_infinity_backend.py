@@ -499,3 +499,17 @@ def test_cost_model_of_infinity_2b(capsys):
     assert main(["cost", "--tflops", "100", "--num-controllable", "2", "--grid-ratios", "0.5", "--target", "1"]) == 0
     out = capsys.readouterr().out
     assert "assumed sustained throughput 100 TFLOP/s" in out and "9 schedules, 9 within total FLOPs 1" in out
+
+
+def test_checkpoint_stamp_tells_fine_tunes_of_one_architecture_apart(tmp_path):
+    """Same name and size, other weights (a fine-tune): another stamp, so cached references are not reused."""
+    from infinity_backend.generator import checkpoint_stamp
+
+    for d, byte in (("a", 1), ("b", 2), ("c", 1)):
+        (tmp_path / d).mkdir()
+        data = bytearray(3 << 20)
+        data[(3 << 20) // 2] = byte                      # differs only in the middle MiB
+        (tmp_path / d / "infinity_2b_reg.pth").write_bytes(bytes(data))
+    a, b, c = (checkpoint_stamp(str(tmp_path / d / "infinity_2b_reg.pth")) for d in "abc")
+    assert a != b and a == c and a.startswith(f"infinity_2b_reg.pth:{3 << 20}:")
+    assert checkpoint_stamp(str(tmp_path / "a")) != checkpoint_stamp(str(tmp_path / "b"))  # a folder (T5)

@@ -107,7 +107,7 @@ def test_whole_infinity_path_on_the_cpu(work):
     ev = work / "eval"
     out = run("evaluate", "evaluate_agent.py", "--run", str(agent), "--prompts", str(work / "test.tsv"),
               "--search-prompts", str(work / "val.txt"), "--seeds", "0", "--grid-ratios", "0.5", "--refine-rounds", "0",
-              "--no-oracle", *lpips, "--out", str(ev))
+              "--no-oracle", *lpips, "--cache-dir", str(work / "cache"), "--out", str(ev))
     methods = json.loads((ev / "summary.json").read_text())["methods"]
     assert {"original", "fastvar", "rl:tiny", "best_static"} <= set(methods)
     assert (ev / "table.md").is_file() and (ev / "per_image.csv").is_file()
