@@ -7,8 +7,9 @@
     python generate.py --prompts geneval:GENEVAL/prompts/evaluation_metadata.jsonl --images-per-prompt 4 --out geneval_fastvar --schedule fastvar
 
 Prompts: ``--prompt TEXT`` (repeatable; named by ``--name`` or a slug of the text), or ``--prompts``
-with a file of ``name<TAB>prompt`` lines, a JSON dict ``{name: prompt}``, plain one-prompt-per-line
-text, or a split name (train/val/test). Schedules: original | fastvar | tail | "width:ratio,..."
+with a file of ``name<TAB>prompt`` lines, a tab-separated table whose header names a ``prompt`` (and
+optionally a ``name``) column, a JSON dict ``{name: prompt}``, plain one-prompt-per-line text, or a
+split name (train/val/test). Schedules: original | fastvar | tail | "width:ratio,..."
 (width = token-map side; ratio >= 1 skips that scale) or ``--agent RUN_DIR``.
 
 Writes, per prompt, ``OUT/gen_images_<name>/1.jpg`` (2.jpg, ... with --images-per-prompt) and
@@ -82,18 +83,21 @@ def read_prompts_file(spec: str) -> dict[str, str]:
             raise PromptError(f"{path}: JSON prompts must be an object {{name: prompt}}")
         out = {str(k): v for k, v in data.items()}
     else:
+        from domain.splits import prompt_table
+
         out = {}
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            name, sep, prompt = line.partition("\t")
-            if not sep:  # a plain line: named by its slug, suffixed _2, _3, ... where slugs of different prompts collide
-                if line.strip() in out.values():
-                    raise PromptError(f"{path}:{n}: prompt {line.strip()!r} appears twice")
-                name, prompt = unique_slug(line, out), line
-            if name.strip() in out:
-                raise PromptError(f"{path}:{n}: duplicate prompt name {name.strip()!r}")
-            out[name.strip()] = prompt.strip()
+        try:
+            rows = prompt_table(text.splitlines(), str(path))  # plain lines, name<TAB>prompt, or a table with a header
+        except ValueError as e:
+            raise PromptError(str(e)) from None
+        for name, prompt, n in rows:
+            if name is None:  # a plain line: named by its slug, suffixed _2, _3, ... where slugs of different prompts collide
+                if prompt in out.values():
+                    raise PromptError(f"{path}:{n}: prompt {prompt!r} appears twice")
+                name = unique_slug(prompt, out)
+            if name in out:
+                raise PromptError(f"{path}:{n}: duplicate prompt name {name!r}")
+            out[name] = prompt
     from generator.checks import check_folder_name
 
     for name, prompt in out.items():

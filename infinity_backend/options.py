@@ -12,6 +12,13 @@ import torch
 from infinity_backend.arch import MODEL_TYPES, PN_NUM_SCALES, REQUIRED_MODULES, VAE_TYPES
 
 
+LOADERS = ("run_infinity", "direct")
+#: the transformer shape keys the direct loader passes to upstream's ``Infinity`` (as run_infinity.py's kwargs_model)
+MODEL_KWARGS = ("depth", "embed_dim", "num_heads", "mlp_ratio", "block_chunks")
+#: the BSQ VAE shape keys the direct loader overrides in upstream's ``vae_model`` arguments
+VAE_KWARGS = ("base_ch", "num_res_blocks", "ch_mult")
+
+
 class InfinityOptionsError(ValueError):
     """A bad option, path or environment, found before anything is loaded."""
 
@@ -32,6 +39,13 @@ class InfinityOptions:
     rng: 'per_scale' (seed per (image, scale)) or 'upstream' (one stream per image, as g_seed).
     bf16: bf16 blocks and autocast, as run_infinity.py --bf16 1 (GPU only).
     flops_text_tokens: nominal prompt length (T5 tokens) used by the analytic FLOPs model.
+    loader: 'run_infinity' (upstream tools/run_infinity.py's loaders: CUDA only, the shapes of
+        MODEL_TYPES) or 'direct' (ours, ``infinity_backend.direct``: upstream's classes built with
+        ``model_kwargs`` / ``vae_kwargs`` on any device, state dicts loaded from the same files).
+    model_kwargs: the transformer's shape for the direct loader, keys of MODEL_KWARGS (default: the
+        shape of ``model_type``). vae_kwargs: the BSQ VAE's ``base_ch`` / ``num_res_blocks`` /
+        ``ch_mult`` (5 multipliers, encoder and decoder) for the direct loader (default: upstream's
+        128 / 2 / [1, 2, 4, 4, 4]). Both only with loader 'direct'.
     """
 
     src: str | None = None
@@ -59,6 +73,9 @@ class InfinityOptions:
     apply_spatial_patchify: int = 0
     checkpoint_type: str = "torch"
     flops_text_tokens: int = 64
+    loader: str = "run_infinity"
+    model_kwargs: dict | None = None
+    vae_kwargs: dict | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "InfinityOptions":
@@ -76,6 +93,8 @@ class InfinityOptions:
 
     @property
     def depth(self) -> int:
+        if self.model_kwargs is not None and "depth" in self.model_kwargs:
+            return int(self.model_kwargs["depth"])
         return MODEL_TYPES[self.model_type][0]
 
     def resolved_src(self) -> Path:
@@ -99,8 +118,10 @@ class InfinityOptions:
     def validate(self, require_checkpoints: bool = True) -> "InfinityOptions":
         """Cheap checks only (no import of upstream, no load): raises InfinityOptionsError."""
         E = InfinityOptionsError
-        if self.model_type not in MODEL_TYPES:
-            raise E(f"unknown model_type {self.model_type!r}; choose one of {sorted(MODEL_TYPES)}")
+        self._validate_loader()
+        if self.model_type not in MODEL_TYPES and self.model_kwargs is None:
+            raise E(f"unknown model_type {self.model_type!r}; choose one of {sorted(MODEL_TYPES)} (or give "
+                    "model_kwargs with loader 'direct')")
         if self.pn not in PN_NUM_SCALES:
             raise E(f"unknown pn {self.pn!r}; choose one of {sorted(PN_NUM_SCALES)}")
         if self.vae_type not in VAE_TYPES:
@@ -152,7 +173,41 @@ class InfinityOptions:
             t5 = Path(self.text_encoder_ckpt).expanduser()
             if not (t5 / "config.json").is_file():
                 raise E(f"text_encoder_ckpt {str(t5)!r} is not a T5 folder (no config.json there)")
+        if self.loader == "run_infinity" and not dev.startswith("cuda"):
+            raise E(f"loader 'run_infinity' (upstream's tools/run_infinity.py loaders) moves every model to CUDA; "
+                    f"on device {dev!r} use loader 'direct' (see python -m infinity_backend make-tiny)")
         return self
+
+    def _validate_loader(self) -> None:
+        E = InfinityOptionsError
+        if self.loader not in LOADERS:
+            raise E(f"loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.loader != "direct" and (self.model_kwargs is not None or self.vae_kwargs is not None):
+            raise E("model_kwargs / vae_kwargs are read only by loader 'direct' (upstream's loaders have fixed shapes)")
+        for name, allowed in (("model_kwargs", MODEL_KWARGS), ("vae_kwargs", VAE_KWARGS)):
+            kw = getattr(self, name)
+            if kw is None:
+                continue
+            if not isinstance(kw, dict) or sorted(set(kw) - set(allowed)):
+                raise E(f"{name} must be an object with keys from {list(allowed)}, got {kw!r}")
+            for key, v in kw.items():
+                if key == "ch_mult":
+                    if not (isinstance(v, list) and len(v) == 5 and all(isinstance(m, int) and m > 0 for m in v)):
+                        raise E(f"vae_kwargs['ch_mult'] must be 5 positive integers (16x down-sampling), got {v!r}")
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or (key != "mlp_ratio" and v != int(v)):
+                    raise E(f"{name}[{key!r}] must be a positive {'number' if key == 'mlp_ratio' else 'integer'}, got {v!r}")
+        mk = self.model_kwargs or {}
+        if "embed_dim" in mk and mk["embed_dim"] % mk.get("num_heads", 1):
+            raise E(f"model_kwargs embed_dim {mk['embed_dim']} must be a multiple of num_heads {mk.get('num_heads')}")
+        if "depth" in mk and mk["depth"] % mk.get("block_chunks", 1):
+            raise E(f"model_kwargs depth {mk['depth']} must be a multiple of block_chunks {mk.get('block_chunks')}")
+        vk = self.vae_kwargs or {}
+        base = vk.get("base_ch", 128)
+        bad = [base * m for m in vk.get("ch_mult", [1, 2, 4, 4, 4]) if (base * m) % 24 and (base * m) % 32]
+        if bad:
+            raise E(f"vae_kwargs: every level's channels (base_ch x ch_mult) must be a multiple of 24 or 32 "
+                    f"(upstream's GroupNorm), got {bad}")
 
     def cfg_list(self, n: int) -> list[float]:
         return [float(x) for x in self.cfg] if isinstance(self.cfg, (list, tuple)) else [float(self.cfg)] * n

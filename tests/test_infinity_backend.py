@@ -13,6 +13,7 @@ for these tests only.
 from __future__ import annotations
 
 import importlib.machinery
+import json
 import math
 import os
 import sys
@@ -388,3 +389,127 @@ def test_per_image_decisions_equal_each_image_alone(monkeypatch, insertion):
         for k in range(4, gen.num_scales):
             gen.step(s, [r[k] for r in ratios], drop_unconditional=[bool(d[k]) for d in drops])
     assert torch.equal(st.summed_codes, fork.summed_codes) and st.reports == fork.reports
+
+
+# ---- the direct loader's options, the memory estimate, prompt tables (no checkout needed) -------------
+
+def _fake_files(tmp_path: Path) -> dict:
+    """A fake checkout and empty checkpoint files at the option paths (nothing is loaded from them)."""
+    (tmp_path / "t5").mkdir()
+    (tmp_path / "t5" / "config.json").write_text(json.dumps({"d_model": 128, "d_kv": 32, "num_heads": 4, "d_ff": 256,
+                                                             "num_layers": 1, "vocab_size": 300}))
+    for f in ("model.pth", "vae.pth"):
+        (tmp_path / f).write_bytes(b"")
+    return {"src": str(_fake_checkout(tmp_path / "Infinity")), "model_path": str(tmp_path / "model.pth"),
+            "vae_path": str(tmp_path / "vae.pth"), "text_encoder_ckpt": str(tmp_path / "t5"), "device": "cpu"}
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"loader": "fast"}, "loader must be one of"),
+    ({"model_kwargs": {"depth": 6}}, "read only by loader 'direct'"),
+    ({"loader": "direct", "model_kwargs": {"depth": 6, "width": 64}}, r"keys from \['depth'"),
+    ({"loader": "direct", "model_kwargs": {"depth": 6, "embed_dim": 64, "num_heads": 3}}, "multiple of num_heads"),
+    ({"loader": "direct", "model_kwargs": {"depth": 0}}, "positive integer"),
+    ({"loader": "direct", "vae_kwargs": {"base_ch": 20}}, r"multiple of 24 or 32 .* \[20, 40, 80, 80, 80\]"),
+    ({"loader": "direct", "vae_kwargs": {"ch_mult": [1, 2]}}, "5 positive integers"),
+    ({"model_type": "tiny"}, "unknown model_type 'tiny'"),
+    ({}, "loader 'run_infinity' .* moves every model to CUDA; on device 'cpu' use loader 'direct'"),
+])
+def test_loader_options_fail_fast(tmp_path, bad, match):
+    with pytest.raises(InfinityOptionsError, match=match):
+        InfinityOptions.from_dict({**_fake_files(tmp_path), **bad}).validate()
+
+
+def test_check_prints_the_memory_estimate(tmp_path, capsys):
+    opts = {**_fake_files(tmp_path), "loader": "direct", "model_type": "tiny", "pn": "0.06M", "text_channels": 128,
+            "model_kwargs": {"depth": 6, "embed_dim": 64, "num_heads": 2, "mlp_ratio": 4, "block_chunks": 2}}
+    (tmp_path / "opts.json").write_text(json.dumps(opts))
+    assert main(["check", str(tmp_path / "opts.json")]) == 0
+    out = capsys.readouterr().out
+    assert "options OK: tiny (depth 6, width 64), pn 0.06M (7 scales, 16x16 last)" in out
+    assert "KV cache 3.2 MB (2 branch(es), 521 tokens)" in out and "batch: 1 ->" in out
+    assert main(["check", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json does not exist" in capsys.readouterr().err
+
+
+def test_memory_estimate_of_infinity_2b():
+    from infinity_backend.arch import InfinityArch
+    from infinity_backend.memory import format_memory, memory_estimate, transformer_params
+
+    arch = InfinityArch.for_model("infinity_2b")
+    blocks, outside = transformer_params(arch)
+    assert 2.0e9 < blocks + outside < 2.3e9                       # "Infinity-2B"
+    hws = [(h, w) for _, h, w in square_scale_schedule("1M")]
+    m = memory_estimate(arch, hws, cfg=True, prune_layers=(3, 28), bf16=True)
+    assert m["kv"] == 32 * 10_521 * 2048 * (4 + 2) * 2              # float32 keys, bf16 values, two branches
+    assert m["prune_cache"] == 25 * 4096 * 2048 * (2 + 4 + 4) * 2
+    assert memory_estimate(arch, hws, cfg=False, prune_layers=(3, 28), bf16=True)["per_image"] == m["per_image"] / 2
+    text = format_memory(m, device_bytes=80e9)
+    fit = int((0.9 * 80e9 - m["fixed"]) // m["per_image"])
+    assert f"about {fit} image(s) per batch fit" in text and 3 <= fit <= 6
+
+
+def test_prompt_tables():
+    from domain.splits import prompt_table
+
+    header = ["# Infinity prompts", "id\tprompt\tcategory", "a1\ta photo of a cat\tanimal", "a2\ta red car\tvehicle"]
+    assert prompt_table(header, "f") == [(None, "a photo of a cat", 3), (None, "a red car", 4)]
+    named = ["name\tprompt", "cat\ta photo of a cat"]
+    assert prompt_table(named, "f") == [("cat", "a photo of a cat", 2)]
+    assert prompt_table(["cat\ta photo of a cat", "", "car\ta red car"], "f")[1] == ("car", "a red car", 3)
+    assert prompt_table(["a photo of a cat", "a red car"], "f") == [(None, "a photo of a cat", 1), (None, "a red car", 2)]
+    with pytest.raises(ValueError, match=r"f:3: a table row needs a prompt in column 2"):
+        prompt_table(["id\tprompt", "a1\tcat", "a2"], "f")
+    with pytest.raises(ValueError, match=r"f:2: .*name<TAB>prompt"):
+        prompt_table(["cat\ta photo of a cat", "a red car"], "f")
+
+
+# ---- the tiny checkpoint through the direct loader (needs a checkout) --------------------------------
+
+@needs_infinity
+def test_tiny_checkpoint_files_that_do_not_fit_are_named(tmp_path, monkeypatch):
+    """make-tiny's files load through the direct loader; options whose shape does not fit them fail with
+    the file and the shape named (upstream's VAE loader would leave unplaced tensors random, silently)."""
+    from infinity_backend.tiny import make_tiny
+
+    monkeypatch.setitem(sys.modules, "flash_attn", _flash_attn_stand_in())
+    opts = json.loads(make_tiny(tmp_path / "tiny", INFINITY_SRC).read_text())
+    gen = make_infinity_generator(**opts)
+    assert gen.depth == 6 and gen.num_scales == 7 and gen.decode(gen.generate(["a cat"], [0])[1]).shape == (1, 3, 256, 256)
+    with pytest.raises(InfinityOptionsError, match=r"vae_path .*vae_tiny.pth' does not fit the VAE shape"):
+        make_infinity_generator(**{**opts, "vae_kwargs": {**opts["vae_kwargs"], "num_res_blocks": 2}})
+    with pytest.raises(InfinityOptionsError, match=r"model_path .*infinity_tiny.pth' does not fit the transformer shape"):
+        make_infinity_generator(**{**opts, "model_kwargs": {**opts["model_kwargs"], "depth": 4}})
+
+
+def test_cost_model_of_infinity_2b(capsys):
+    """Per-image FLOPs (transformer as the FLOPs table, decoder as counted, T5 padded to 512 tokens) and the
+    static search's prefix tree: every schedule fits a target of 1; a schedule's nodes are counted once."""
+    from infinity_backend.cost import per_image_flops, static_search_flops
+
+    f = per_image_flops("infinity_2b", "1M")
+    assert f["transformer"] / 1e9 == pytest.approx(flops_table("infinity_2b", "1M")["total_gflops"], rel=1e-9)
+    assert f["decode"] == pytest.approx(9.848e12) and f["text"] == pytest.approx(2 * 1.22e9 * 512)
+    everything = static_search_flops(f, 2, (0.5,), target=1.0)
+    assert everything["schedules"] == everything["fitting"] == 9
+    nothing = static_search_flops(f, 2, (0.5,), target=0.01)
+    assert nothing["fitting"] == 0
+    # with nothing fitting, only the shared prefix (scales before the controllable ones) and T5 are left
+    assert nothing["flops_per_item"] < everything["flops_per_item"] - 9 * f["decode"]
+    assert main(["cost", "--tflops", "100", "--num-controllable", "2", "--grid-ratios", "0.5", "--target", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "assumed sustained throughput 100 TFLOP/s" in out and "9 schedules, 9 within total FLOPs 1" in out
+
+
+def test_checkpoint_stamp_tells_fine_tunes_of_one_architecture_apart(tmp_path):
+    """Same name and size, other weights (a fine-tune): another stamp, so cached references are not reused."""
+    from infinity_backend.generator import checkpoint_stamp
+
+    for d, byte in (("a", 1), ("b", 2), ("c", 1)):
+        (tmp_path / d).mkdir()
+        data = bytearray(3 << 20)
+        data[(3 << 20) // 2] = byte                      # differs only in the middle MiB
+        (tmp_path / d / "infinity_2b_reg.pth").write_bytes(bytes(data))
+    a, b, c = (checkpoint_stamp(str(tmp_path / d / "infinity_2b_reg.pth")) for d in "abc")
+    assert a != b and a == c and a.startswith(f"infinity_2b_reg.pth:{3 << 20}:")
+    assert checkpoint_stamp(str(tmp_path / "a")) != checkpoint_stamp(str(tmp_path / "b"))  # a folder (T5)
