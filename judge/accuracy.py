@@ -122,6 +122,7 @@ def write_failure_grid(path: Path, renders: np.ndarray, recons: np.ndarray, capt
     ``scale`` x) and the caption against what the judge read, so one can tell a judge error from a
     reconstruction that no longer shows the attribute."""
     import io
+    import textwrap
 
     from PIL import Image, ImageDraw
 
@@ -130,15 +131,17 @@ def write_failure_grid(path: Path, renders: np.ndarray, recons: np.ndarray, capt
 
     n = min(len(captions), max_rows)
     size = renders.shape[1] * scale if n else 64
-    row_h, text_w = size + 6, 760
+    row_h, text_w = size + 6, 520
     sheet = Image.new("RGB", (2 * size + text_w + 12, max(1, n) * row_h + 4), "white")
     draw = ImageDraw.Draw(sheet)
     for r in range(n):
         y = 3 + r * row_h
         for k, im in enumerate((renders[r], recons[r])):
             sheet.paste(Image.fromarray(im).resize((size, size), Image.NEAREST), (3 + k * (size + 3), y))
-        draw.text((2 * size + 12, y + 4), "prompt: " + captions[r], fill="black")
-        draw.text((2 * size + 12, y + 24), "judge read the reconstruction as: " + caption(seen[r]), fill="darkred")
+        lines = [("black", t) for t in textwrap.wrap("prompt: " + captions[r], 84)]
+        lines += [("darkred", t) for t in textwrap.wrap("judge read the reconstruction as: " + caption(seen[r]), 84)]
+        for k, (colour, text) in enumerate(lines[:size // 12]):
+            draw.text((2 * size + 12, y + 2 + 12 * k), text, fill=colour)
     if n == 0:
         draw.text((4, 4), "no misread reconstruction", fill="black")
     buf = io.BytesIO()
