@@ -17,11 +17,21 @@ class WeightsError(RuntimeError):
     """A weights file is missing, unreadable or does not fit the model."""
 
 
+def _default_file_mode() -> int:
+    """What ``open()`` would give a new file under the current umask (mkstemp's files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a reader
+    never sees half a file; the file gets the permissions a plain ``open(path, "wb")`` would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _default_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -313,7 +313,7 @@ def format_reconstruction(block: dict) -> list[str]:
     """The ``reconstruction`` block as text lines: renders vs their full tokenizer reconstructions."""
     lines = ["", f"judge on {block['renders']['n_images']} held-out renders and their tokenizer reconstructions "
                  f"(seed {block['seed']}):",
-             f"  {'images':<26}" + "".join(f"{a[:11]:>12}" for a in DETAILED_ATTRIBUTES) + f"{'attr acc':>10}{'scene acc':>11}"
+             f"  {'images':<26}" + "".join(f"{a.replace('background_', 'bg '):>12}" for a in DETAILED_ATTRIBUTES) + f"{'attr acc':>10}{'scene acc':>11}"
              + "  by size (small/medium/large)"]
     for label, key in (("renders", "renders"), ("reconstructions", "reconstructions"),
                        ("recon., last scale dropped", "reconstructions_last_scale_dropped")):
