@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
-from agents.normalization import save_obs_stats
+from agents.normalization import load_obs_stats_into, save_obs_stats
 
 EVAL_COLUMNS = ("timesteps", "mean_reward", "std_reward", "flops_fraction", "clip_delta", "ssim", "lpips", "episodes")
 
@@ -28,6 +28,17 @@ class PruningEvalCallback(EvalCallback):
         self._terminal_infos: list[dict] = []
         self.curve_path = self.run_dir / "eval_curve.csv"
         self.last_row: dict | None = None  # the latest evaluation (a row of eval_curve.csv), for progress lines
+
+    def restore_from_curve(self) -> None:
+        """After a resume: the best mean reward and latest row of the run's ``eval_curve.csv`` so far, so
+        that a worse first evaluation after resuming does not replace the best model."""
+        if not self.curve_path.is_file():
+            return
+        with open(self.curve_path) as f:
+            rows = list(csv.DictReader(f))
+        if rows:
+            self.best_mean_reward = max(float(r["mean_reward"]) for r in rows)
+            self.last_row = rows[-1]
 
     def _log_success_callback(self, locals_: dict, globals_: dict) -> None:
         super()._log_success_callback(locals_, globals_)
@@ -98,6 +109,20 @@ def save_checkpoint(model, ckpt_dir: Path) -> Path:
         os.replace(rb_tmp, ckpt_dir / f"replay_{steps}_steps.pkl")
     os.replace(tmp, final)  # the model zip last: its presence marks a complete checkpoint
     return final
+
+
+def load_checkpoint(algo_cls, ckpt_path: Path, steps: int, venv, device: str):
+    """The model of checkpoint ``ckpt_path`` (written at ``steps``) on ``venv``, with that checkpoint's
+    observation statistics loaded into ``venv`` and, for off-policy algorithms, its replay buffer."""
+    model = algo_cls.load(str(ckpt_path), env=venv, device=device)
+    ckpt_dir = Path(ckpt_path).parent
+    stats = ckpt_dir / f"obs_stats_{steps}_steps.json"
+    if stats.is_file():
+        load_obs_stats_into(venv, stats)
+    replay = ckpt_dir / f"replay_{steps}_steps.pkl"
+    if replay.is_file() and hasattr(model, "load_replay_buffer"):
+        model.load_replay_buffer(str(replay))
+    return model
 
 
 def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:

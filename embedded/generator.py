@@ -204,21 +204,33 @@ class NextScaleGenerator:
         ratios, drops = per_image_decisions(ratio, drop_unconditional, B)
         k, n = state.scale_index, state.num_scales
         side = self.scale_sides[k]
-        L = side * side
-        counts = row_token_counts(L, ratios)
+        counts = row_token_counts(side * side, ratios)
         cond_rows = [b for b in range(B) if counts[b] > 0]
         if not cond_rows:
             return state.record_skip(side, side, ratios)
         needs_uncond = self.guidance.needs_unconditional(k, n)
         uses_uncond = [counts[b] > 0 and needs_uncond and not drops[b] for b in range(B)]
-        uncond_rows = [b for b in range(B) if uses_uncond[b]]
+        reports = self._step_reports(state, k, side, ratios, counts, uses_uncond)
+        f_in = next_scale_input(state.f_hat_BChw, side) if k > 0 else None
+        x_shared = self.transformer.embed_scale_input(k, f_in, state.cond.sos_B1D) if k > 0 else None
+        scale = _ScaleStep(k, n, side, B, counts, uses_uncond, cond_rows, x_shared)
+        guided = self._guided_logits(state, scale)
+        idx_BL, entropy_B = self._sample(guided, [state.seeds[b] for b in cond_rows], k)
+        self._accumulate(state, scale, idx_BL.view(len(cond_rows), side, side), entropy_B)
+        report = combine_reports(reports)
+        state.reports.append(report)
+        state.scale_index += 1
+        return report
 
-        # per-image FLOPs: what each image costs alone (its own kept count and KV lengths)
+    def _step_reports(self, state: GenerationState, k: int, side: int, ratios: list[float], counts: list[int],
+                      uses_uncond: list[bool]) -> list[StepReport]:
+        """Per image, what scale k costs it alone (its own kept count and KV lengths; FLOPs)."""
         cfg, tok = self.transformer.cfg, self.tokenizer.cfg
+        L = side * side
         kv_c = state.cond.kv_lengths_rows()
-        kv_u = state.uncond.kv_lengths_rows() if uncond_rows else None
+        kv_u = state.uncond.kv_lengths_rows() if any(uses_uncond) else None
         reports = []
-        for b in range(B):
+        for b in range(len(counts)):
             if counts[b] == 0:
                 reports.append(StepReport(k, side, side, L, ratios[b], 0, True, False, 0.0))
                 continue
@@ -226,54 +238,15 @@ class NextScaleGenerator:
             lens = [list(kv_c[b])] + ([list(kv_u[b])] if uses_uncond[b] else [])
             reports.append(StepReport(k, side, side, L, ratios[b], counts[b], False, uses_uncond[b],
                                       step_flops(cfg, tok, k, n_keep, lens)))
+        return reports
 
-        tr = self.transformer
-        f_in = next_scale_input(state.f_hat_BChw, side) if k > 0 else None
-        x_shared = tr.embed_scale_input(k, f_in, state.cond.sos_B1D) if k > 0 else None
+    def _guided_logits(self, state: GenerationState, scale: "_ScaleStep") -> torch.Tensor:
+        """Forward the running images on both CFG branches, commit the branches' new KV and pruning
+        caches to ``state``, and return the guided logits (R, L, V) of ``scale.cond_rows`` in order.
 
-        def run(ctx: BranchContext, rows: list[int]):
-            """Forward the listed images (rows of the original batch) on a (possibly stacked) context."""
-            if x_shared is None:
-                x = tr.embed_scale_input(0, None, ctx.sos_B1D)
-            elif rows == list(range(B)) * (ctx.batch // B):
-                x = x_shared if ctx.batch == B else x_shared.repeat(ctx.batch // B, 1, 1)
-            else:
-                x = x_shared.index_select(0, torch.tensor(rows, device=x_shared.device))
-            row_counts = [counts[b] for b in rows]
-            unpruned = [c >= L for c in row_counts]
-            plan = PruningPlan(side=side, counts=None if all(unpruned) else row_counts, record=any(unpruned))
-            if plan.prunes:
-                cache = ctx.prune
-                plan.source = lambda key: cache.resampled(key, (side, side), tr.cfg.width, x.dtype, x.device,
-                                                          _resample_square)
-            logits, new_kv, new_masks = tr.forward_scale(x, ctx, plan)
-            out = ctx.copy()
-            out.kv, out.kv_mask = new_kv, new_masks
-            recorded_rows = [j for j, u in enumerate(unpruned) if u]
-            if recorded_rows:
-                rec = plan.recorded
-                if len(recorded_rows) < len(rows):
-                    t = torch.tensor(recorded_rows, device=x.device)
-                    rec = {key: v.index_select(0, t) for key, v in rec.items()}
-                out.prune = ctx.prune.updated(recorded_rows, rec, (side, side))
-            return logits, out
-
-        def commit(branch: BranchContext, parts: list[tuple[list[int], BranchContext]]) -> BranchContext:
-            """The branch after this scale, from the forwards that ran some of its rows."""
-            if len(parts) == 1 and parts[0][0] == list(range(B)):
-                return parts[0][1]
-            merged = branch.merged(parts)
-            prune = branch.prune
-            for rows, ran in parts:
-                recorded = [j for j, b in enumerate(rows) if counts[b] >= L]
-                if recorded:
-                    prune = prune.updated([rows[j] for j in recorded], select_batch_rows(ran.prune.tensors, recorded),
-                                          (side, side))
-            merged.prune = prune
-            return merged
-
-        # "pad": every image that runs in one forward (kept tokens padded to the largest count);
-        # "group": one forward per kept count (no padded queries, more, smaller calls)
+        row_batching "pad": every image that runs in one forward (kept tokens padded to the largest
+        count); "group": one forward per kept count (no padded queries, more, smaller calls)."""
+        cond_rows, counts = scale.cond_rows, scale.counts
         if self.row_batching == "group":
             by_count: dict[int, list[int]] = {}
             for b in cond_rows:
@@ -283,63 +256,103 @@ class NextScaleGenerator:
             groups = [cond_rows]
         parts_c, parts_u, guided_parts = [], [], []
         for g_rows in groups:
-            g_unc = [b for b in g_rows if uses_uncond[b]]
-            cond_sel = state.cond.select(g_rows)
-            if g_unc and state.cond.kv_lengths() == state.uncond.kv_lengths():
-                logits, both = run(BranchContext.cat(cond_sel, state.uncond.select(g_unc)), g_rows + g_unc)  # one forward
-                Rg = len(g_rows)
-                cond_logits, uncond_logits = logits[:Rg], logits[Rg:]
-                ran_c, ran_u = both.rows(0, Rg), both.rows(Rg, both.batch)
-            else:
-                cond_logits, ran_c = run(cond_sel, g_rows)
-                uncond_logits, ran_u = None, None
-                if g_unc:
-                    uncond_logits, ran_u = run(state.uncond.select(g_unc), g_unc)
+            g_unc = [b for b in g_rows if scale.uses_uncond[b]]
+            (ran_c, cond_logits), (ran_u, uncond_logits) = self._forward_group(state, scale, g_rows, g_unc)
             parts_c.append((g_rows, ran_c))
             if g_unc:
                 parts_u.append((g_unc, ran_u))
-            if len(g_unc) in (0, len(g_rows)):
-                guided_parts.append(self.guidance(cond_logits, uncond_logits, k, n))
-            else:  # some images dropped the unconditional branch: guide the others only
-                pos = {b: j for j, b in enumerate(g_rows)}
-                with_u = torch.tensor([pos[b] for b in g_unc], device=cond_logits.device)
-                guided = cond_logits.clone()
-                guided.index_copy_(0, with_u, self.guidance(cond_logits.index_select(0, with_u), uncond_logits, k, n))
-                without = torch.tensor([j for j, b in enumerate(g_rows) if not uses_uncond[b]], device=cond_logits.device)
-                guided.index_copy_(0, without, self.guidance(cond_logits.index_select(0, without), None, k, n))
-                guided_parts.append(guided)
-        state.cond = commit(state.cond, parts_c)
+            guided_parts.append(self._guide(scale, g_rows, g_unc, cond_logits, uncond_logits))
+        state.cond = _commit_branch(scale, state.cond, parts_c)
         if parts_u:
-            state.uncond = commit(state.uncond, parts_u)
+            state.uncond = _commit_branch(scale, state.uncond, parts_u)
         if len(groups) == 1:
-            guided = guided_parts[0]
-        else:  # back to the order of cond_rows
-            order = [b for g in groups for b in g]
-            perm = torch.tensor([order.index(b) for b in cond_rows], device=guided_parts[0].device)
-            guided = torch.cat(guided_parts, 0).index_select(0, perm)
-        idx_BL, entropy_B = self._sample(guided, [state.seeds[b] for b in cond_rows], k)
-        Rc = len(cond_rows)
-        idx_Bss = idx_BL.view(Rc, side, side)
+            return guided_parts[0]
+        order = [b for g in groups for b in g]  # back to the order of cond_rows
+        perm = torch.tensor([order.index(b) for b in cond_rows], device=guided_parts[0].device)
+        return torch.cat(guided_parts, 0).index_select(0, perm)
+
+    def _forward_group(self, state: GenerationState, scale: "_ScaleStep", g_rows: list[int], g_unc: list[int]):
+        """One group's conditional rows ``g_rows`` and unconditional rows ``g_unc``: ((cond branch after
+        the scale, cond logits), (uncond branch after, uncond logits)); the latter are None without
+        ``g_unc``. Both branches run in one forward when their KV lengths match."""
+        cond_sel = state.cond.select(g_rows)
+        if g_unc and state.cond.kv_lengths() == state.uncond.kv_lengths():
+            logits, both = self._forward_rows(scale, BranchContext.cat(cond_sel, state.uncond.select(g_unc)),
+                                              g_rows + g_unc)  # one forward
+            Rg = len(g_rows)
+            return (both.rows(0, Rg), logits[:Rg]), (both.rows(Rg, both.batch), logits[Rg:])
+        cond_logits, ran_c = self._forward_rows(scale, cond_sel, g_rows)
+        uncond_logits, ran_u = None, None
+        if g_unc:
+            uncond_logits, ran_u = self._forward_rows(scale, state.uncond.select(g_unc), g_unc)
+        return (ran_c, cond_logits), (ran_u, uncond_logits)
+
+    def _forward_rows(self, scale: "_ScaleStep", ctx: BranchContext, rows: list[int]
+                      ) -> tuple[torch.Tensor, BranchContext]:
+        """Forward the listed images (rows of the original batch) on a (possibly stacked) context:
+        (logits (R, L, V), the context after this scale with its KV and pruning cache updated)."""
+        tr, side, B, x_shared = self.transformer, scale.side, scale.batch, scale.x_shared
+        if x_shared is None:
+            x = tr.embed_scale_input(0, None, ctx.sos_B1D)
+        elif rows == list(range(B)) * (ctx.batch // B):
+            x = x_shared if ctx.batch == B else x_shared.repeat(ctx.batch // B, 1, 1)
+        else:
+            x = x_shared.index_select(0, torch.tensor(rows, device=x_shared.device))
+        row_counts = [scale.counts[b] for b in rows]
+        L = side * side
+        unpruned = [c >= L for c in row_counts]
+        plan = PruningPlan(side=side, counts=None if all(unpruned) else row_counts, record=any(unpruned))
+        if plan.prunes:
+            cache = ctx.prune
+            plan.source = lambda key: cache.resampled(key, (side, side), tr.cfg.width, x.dtype, x.device,
+                                                      _resample_square)
+        logits, new_kv, new_masks = tr.forward_scale(x, ctx, plan)
+        out = ctx.copy()
+        out.kv, out.kv_mask = new_kv, new_masks
+        recorded_rows = [j for j, u in enumerate(unpruned) if u]
+        if recorded_rows:
+            rec = plan.recorded
+            if len(recorded_rows) < len(rows):
+                t = torch.tensor(recorded_rows, device=x.device)
+                rec = {key: v.index_select(0, t) for key, v in rec.items()}
+            out.prune = ctx.prune.updated(recorded_rows, rec, (side, side))
+        return logits, out
+
+    def _guide(self, scale: "_ScaleStep", g_rows: list[int], g_unc: list[int], cond_logits: torch.Tensor,
+               uncond_logits: torch.Tensor | None) -> torch.Tensor:
+        """Guided logits of one group's rows: CFG on the rows in ``g_unc``, conditional alone on the others."""
+        k, n = scale.k, scale.n
+        if len(g_unc) in (0, len(g_rows)):
+            return self.guidance(cond_logits, uncond_logits, k, n)
+        # some images dropped the unconditional branch: guide the others only
+        pos = {b: j for j, b in enumerate(g_rows)}
+        with_u = torch.tensor([pos[b] for b in g_unc], device=cond_logits.device)
+        guided = cond_logits.clone()
+        guided.index_copy_(0, with_u, self.guidance(cond_logits.index_select(0, with_u), uncond_logits, k, n))
+        without = torch.tensor([j for j, b in enumerate(g_rows) if not scale.uses_uncond[b]], device=cond_logits.device)
+        guided.index_copy_(0, without, self.guidance(cond_logits.index_select(0, without), None, k, n))
+        return guided
+
+    def _accumulate(self, state: GenerationState, scale: "_ScaleStep", idx_Bss: torch.Tensor,
+                    entropy_B: torch.Tensor) -> None:
+        """Add the sampled codes (R, p, p) of ``scale.cond_rows`` to ``state``: f_hat, codes, entropy."""
+        k, B, cond_rows = scale.k, scale.batch, scale.cond_rows
         contribution = self._contribution(idx_Bss)
-        if Rc == B:
+        if len(cond_rows) == B:
             state.f_hat_BChw = state.f_hat_BChw + contribution
             state.codes[k] = idx_Bss
             state.last_entropy_B = entropy_B
-        else:
-            rows_t = torch.tensor(cond_rows, device=contribution.device)
-            state.f_hat_BChw = state.f_hat_BChw.index_copy(0, rows_t, state.f_hat_BChw.index_select(0, rows_t) + contribution)
-            per_image: list = [None] * B
-            for j, b in enumerate(cond_rows):
-                per_image[b] = idx_Bss[j]
-            state.codes[k] = per_image
-            prev = state.last_entropy_B
-            if prev is None:  # NaN = "no scale sampled yet" for images that have not run one
-                prev = torch.full((B,), float("nan"), dtype=entropy_B.dtype, device=entropy_B.device)
-            state.last_entropy_B = prev.index_copy(0, rows_t.to(prev.device), entropy_B)
-        report = combine_reports(reports)
-        state.reports.append(report)
-        state.scale_index += 1
-        return report
+            return
+        rows_t = torch.tensor(cond_rows, device=contribution.device)
+        state.f_hat_BChw = state.f_hat_BChw.index_copy(0, rows_t, state.f_hat_BChw.index_select(0, rows_t) + contribution)
+        per_image: list = [None] * B
+        for j, b in enumerate(cond_rows):
+            per_image[b] = idx_Bss[j]
+        state.codes[k] = per_image
+        prev = state.last_entropy_B
+        if prev is None:  # NaN = "no scale sampled yet" for images that have not run one
+            prev = torch.full((B,), float("nan"), dtype=entropy_B.dtype, device=entropy_B.device)
+        state.last_entropy_B = prev.index_copy(0, rows_t.to(prev.device), entropy_B)
 
     def _contribution(self, idx_Bss: torch.Tensor) -> torch.Tensor:
         """Each image's contribution to f_hat, computed one image at a time: the tokenizer's phi
@@ -400,3 +413,38 @@ class NextScaleGenerator:
 
 def _resample_square(cached_BSD: torch.Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> torch.Tensor:
     return area_resample(cached_BSD, from_hw[0], to_hw[0])
+
+
+@dataclass(frozen=True)
+class _ScaleStep:
+    """What one ``step`` decided for its scale, shared by its sub-steps. counts: tokens each image keeps
+    (0 = skips, side * side = unpruned); uses_uncond: per image, whether it runs the unconditional
+    branch; cond_rows: the images that run; x_shared: the scale's embedded input (B, L, D) from the
+    accumulated codes (None at scale 0, whose input is the start token)."""
+
+    k: int
+    n: int
+    side: int
+    batch: int
+    counts: list[int]
+    uses_uncond: list[bool]
+    cond_rows: list[int]
+    x_shared: torch.Tensor | None
+
+
+def _commit_branch(scale: _ScaleStep, branch: BranchContext, parts: list[tuple[list[int], BranchContext]]
+                   ) -> BranchContext:
+    """The branch after this scale, from the forwards that ran some of its rows (``parts``: (rows of
+    the batch, the context that forward returned)); unpruned rows record their pruning cache."""
+    if len(parts) == 1 and parts[0][0] == list(range(scale.batch)):
+        return parts[0][1]
+    merged = branch.merged(parts)
+    prune = branch.prune
+    L = scale.side * scale.side
+    for rows, ran in parts:
+        recorded = [j for j, b in enumerate(rows) if scale.counts[b] >= L]
+        if recorded:
+            prune = prune.updated([rows[j] for j in recorded], select_batch_rows(ran.prune.tensors, recorded),
+                                  (scale.side, scale.side))
+    merged.prune = prune
+    return merged
