@@ -3,7 +3,7 @@ with padded keys masked for rows of different histories, and 2-D RoPE at the kep
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from infinity_backend.rows import ScaleRows
 from infinity_backend.state import InfinityState
 
-if TYPE_CHECKING:
-    from infinity_backend.generator import InfinityGenerator
+#: ``gen`` below is the calling ``infinity_backend.generator.InfinityGenerator`` (its model, schedule and
+#: options); typed Any so that this module does not import the generator that imports it.
 
 
-def self_attention(gen: "InfinityGenerator", sa, x: torch.Tensor, state: InfinityState, layer: int, k: int,
+def self_attention(gen: Any, sa, x: torch.Tensor, state: InfinityState, layer: int, k: int,
                    idx: torch.Tensor | None, rows: ScaleRows, new_valid: torch.Tensor | None):
     """Upstream SelfAttention.forward (non-flash layout) with the KV cache in ``state``: returns the
     projected output and this scale's (k, v, both, mask) chunk for the forward's rows. ``idx``:
@@ -105,7 +105,7 @@ def attend(sa, q, k, v, mask: torch.Tensor | None = None):
     return F.scaled_dot_product_attention(query=q, key=k, value=v, attn_mask=attn_mask, scale=sa.scale, dropout_p=0)
 
 
-def apply_rope(gen: "InfinityGenerator", q: torch.Tensor, k: torch.Tensor, scale_index: int,
+def apply_rope(gen: Any, q: torch.Tensor, k: torch.Tensor, scale_index: int,
                idx: torch.Tensor | None):
     """upstream basic.apply_rotary_emb, with the kept tokens' positions gathered when pruned."""
     grid = gen.model.rope2d_freqs_grid

@@ -5,7 +5,7 @@ classifier-free guidance on a block's output or on the logits, and the head."""
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +15,11 @@ from infinity_backend.attention import self_attention
 from infinity_backend.rows import ScaleRows, resample_hw
 from infinity_backend.state import InfinityState
 
-if TYPE_CHECKING:
-    from infinity_backend.generator import InfinityGenerator
+#: ``gen`` below is the calling ``infinity_backend.generator.InfinityGenerator`` (its model, schedule and
+#: options); typed Any so that this module does not import the generator that imports it.
 
 
-def scale_input(gen: "InfinityGenerator", state: InfinityState, k: int, rows: ScaleRows) -> torch.Tensor:
+def scale_input(gen: Any, state: InfinityState, k: int, rows: ScaleRows) -> torch.Tensor:
     """Scale k's input tokens for the forward's rows: SOS + start position at scale 0, else the
     accumulated codes upsampled to scale k's size and embedded (upstream's next-scale input)."""
     m, B = gen.model, state.batch
@@ -50,7 +50,7 @@ def text_rows(t: dict, rows: ScaleRows):
     return (torch.cat(parts, 0), cu_new, max(lens))
 
 
-def forward_scale(gen: "InfinityGenerator", state: InfinityState, k: int, rows: ScaleRows):
+def forward_scale(gen: Any, state: InfinityState, k: int, rows: ScaleRows):
     """Blocks + head for scale k on the forward's rows. Returns guided logits (one row per image
     that runs, (n, L, 2d)) and this scale's sub-layer outputs of the pruned block range (all rows;
     only when some row runs unpruned)."""
@@ -147,7 +147,7 @@ def select_tokens(x_BLC: torch.Tensor, counts: list[int], hw: tuple[int, int]):
     return idx, valid
 
 
-def run_block(gen: "InfinityGenerator", blk, layer: int, x: torch.Tensor, k: int, gss: torch.Tensor, ca_kv,
+def run_block(gen: Any, blk, layer: int, x: torch.Tensor, k: int, gss: torch.Tensor, ca_kv,
               counts: list[int] | None, source, record: dict | None, state: InfinityState, rows: ScaleRows):
     """One upstream CrossAttnBlock through its submodules (upstream's fused-norm path); ``counts``:
     tokens each row keeps (None = all, unpruned)."""
