@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--agent-model", default="best", choices=("best", "final"))
     ap.add_argument("--budget", type=float, default=None, metavar="B",
                     help="FLOPs budget for a budget-conditioned --agent (fraction of the unpruned transformer FLOPs, "
-                         "inside the run's trained range); every image stays within it")
+                         "inside the run's trained range); every image stays within it. Default: FastVAR's "
+                         "transformer FLOPs on this generator (0.347 on the embedded model)")
     ap.add_argument("--seed", type=int, default=0, help="image seed of the first image of each prompt")
     ap.add_argument("--images-per-prompt", type=int, default=1, help="seeds seed, seed+1, ... -> 1.jpg, 2.jpg, ...")
     ap.add_argument("--batch-size", type=int, default=1,
@@ -255,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from agents.schedule import RunError, load_agent_schedule, read_run_config
+    from agents.schedule import RunError, default_agent_budget, load_agent_schedule, read_run_config
     from evaluation.geneval import GenEvalError, geneval_prompt_set, write_geneval_layout
     from generator.schedules import parse_schedule
 
@@ -283,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--budget {args.budget} applies to a budget-conditioned --agent; a fixed --schedule "
                              f"has fixed FLOPs")
         if args.agent is not None:
+            if args.budget is None and (default := default_agent_budget(args.agent, generator)) is not None:
+                args.budget = default
+                print(f"--budget not given: the agent keeps every image within FastVAR's transformer FLOPs on this "
+                      f"generator, {default:.4f} of the unpruned (the default)")
             schedule = load_agent_schedule(args.agent, generator, which=args.agent_model, budget=args.budget)
             schedule_spec = f"agent:{args.agent}" + ("" if args.budget is None else f"@budget={args.budget:g}")
         else:

@@ -173,6 +173,18 @@ class AgentSchedule:
         return self.ratio(scale, num_scales, self._bound)
 
 
+def default_agent_budget(run: str | Path, generator) -> float | None:
+    """The budget a budget-conditioned run serves when none is given: FastVAR's transformer FLOPs fraction
+    on ``generator`` (0.347 on the embedded model), the compute the hand-made schedule spends. None for a
+    run trained without ``--budget-range`` (it takes no budget)."""
+    from envs.config import EnvConfig
+    from generator.schedules import FastVARSchedule, schedule_ratios
+
+    if EnvConfig.from_dict(read_run_config(run)["env"]).budget_range is None:
+        return None
+    return float(generator.flops_fraction(schedule_ratios(FastVARSchedule(), generator.num_scales)))
+
+
 def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", clip=None,
                         budget: float | None = None) -> AgentSchedule:
     """A run directory from train.py -> schedule for ``generator`` (checked to fit). A budget-conditioned

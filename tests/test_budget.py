@@ -154,9 +154,27 @@ def test_generate_with_a_budget_conditioned_agent_stays_within_the_budget(budget
     assert generate.main(["--prompts", "test", "--num-prompts", "1", "--agent", str(budget_run), "--budget", "0.9",
                           "--out", str(out)]) == 2
     assert "outside the trained range [0.25, 0.6]" in capsys.readouterr().err
-    assert generate.main(["--prompts", "test", "--num-prompts", "1", "--agent", str(budget_run), "--out", str(out)]) == 2
-    assert "budget-conditioned" in capsys.readouterr().err
     assert generate.main(["--prompts", "test", "--num-prompts", "1", "--budget", "0.3", "--out", str(out)]) == 2
+    capsys.readouterr()
+
+
+def test_generate_with_a_budget_conditioned_agent_and_no_budget_uses_fastvars_flops(budget_run, tmp_path, capsys):
+    """The README's own command, `generate.py --agent RUN` with no --budget, works: the documented default is
+    FastVAR's transformer FLOPs on this generator, printed, and every image stays within it."""
+    import json
+
+    from envs.factory import make_generator
+    from envs.config import EnvConfig
+    from generator.schedules import FastVARSchedule, schedule_ratios
+
+    gen = make_generator(EnvConfig())
+    fastvar = gen.flops_fraction(schedule_ratios(FastVARSchedule(), gen.num_scales))
+    out = tmp_path / "gen"
+    assert generate.main(["--prompts", "test", "--num-prompts", "3", "--agent", str(budget_run), "--out", str(out)]) == 0
+    assert f"FastVAR's transformer FLOPs on this generator, {fastvar:.4f}" in capsys.readouterr().out
+    images = [im for p in out.glob("gen_images_*/config.json") for im in json.loads(p.read_text())["images"]]
+    assert len(images) == 3 and all(im["flops_fraction"] <= fastvar + 1e-9 for im in images)
+    assert 0.34 < fastvar < 0.35
 
 
 def test_evaluate_agent_budgets_give_one_agent_row_per_budget(budget_run, tmp_path, capsys):
