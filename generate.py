@@ -31,6 +31,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -227,6 +228,31 @@ def run_batch(generator, schedule, prompts: list[str], seeds: list[int]):
     return images, state, time.perf_counter() - t0
 
 
+class GenEvalImages:
+    """``generate_image(prompt, seed)`` for ``write_geneval_layout``, which asks image by image: the images
+    of one prompt (seeds up to ``last_seed``) are made ``batch_size`` at a time and handed out one by one,
+    each with its own reports and FLOPs and the batch's time divided by its size."""
+
+    def __init__(self, generator, schedule, batch_size: int, last_seed: int) -> None:
+        self.generator, self.schedule, self.batch_size, self.last_seed = generator, schedule, batch_size, last_seed
+        self.made: dict = {}
+
+    def __call__(self, prompt: str, seed: int):
+        if (prompt, seed) not in self.made:
+            self.made.clear()
+            seeds = list(range(seed, max(seed, min(seed + self.batch_size, self.last_seed + 1))))
+            if len(seeds) == 1:
+                if hasattr(self.schedule, "bind"):
+                    self.schedule.bind(None)
+                return run_one(self.generator, self.schedule, prompt, seed, None)
+            images, state, latency = run_batch(self.generator, self.schedule, [prompt] * len(seeds), seeds)
+            flops = state.flops_used_per_image
+            for b, s in enumerate(seeds):  # what image_record reads of a state: this image's reports and FLOPs
+                view = SimpleNamespace(reports=state.image_reports(b), flops_used=flops[b])
+                self.made[(prompt, s)] = (images[b], view, latency / len(seeds))
+        return self.made.pop((prompt, seed))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
@@ -246,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--images-per-prompt", type=int, default=1, help="seeds seed, seed+1, ... -> 1.jpg, 2.jpg, ...")
     ap.add_argument("--batch-size", type=int, default=1,
                     help="images generated together (an --agent decides per image, one policy call per scale for "
-                         "the batch); latency_s is then the batch's time divided by its size")
+                         "the batch); latency_s is then the batch's time divided by its size. In GenEval's layout "
+                         "the images of one prompt are batched")
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--save-intermediate", action="store_true", help="per-scale summed_codes/ and rescale_codes/ PNGs")
     ap.add_argument("--dft", action="store_true", help="per-scale Fourier spectra (fourier_pixel_*/, fourier_latent_*/)")
@@ -268,9 +295,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size > 1 and (args.save_intermediate or args.dft):
             raise ValueError("--save-intermediate / --dft write each image's scales as it is made: use --batch-size 1")
         geneval = geneval_prompt_set(args.prompts, args.num_prompts, bool(args.prompt), args.save_intermediate or args.dft)
-        if geneval is not None and args.batch_size > 1:
-            raise ValueError("--batch-size applies to the gen_images_<name>/ layout; the GenEval layout is written "
-                             "one image at a time (use --batch-size 1)")
         prompts = collect_prompts(args) if geneval is None else {}
         cfg_default = None
         if args.agent is not None:
@@ -320,11 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 "schedule": schedule_spec, "cfg": effective_cfg, "cfg_scales": args.cfg_scales, "temperature": args.temperature,
                 "top_k": args.top_k, "scale_widths": widths, "flops_full": flops_full}
     if geneval is not None:
-        def generate_image(prompt: str, seed: int):
-            if hasattr(schedule, "bind"):
-                schedule.bind(None)
-            return run_one(generator, schedule, prompt, seed, None)
-
+        generate_image = GenEvalImages(generator, schedule, args.batch_size, args.seed + args.images_per_prompt - 1)
         try:
             write_geneval_layout(geneval, out, run_info, generate_image, args.images_per_prompt, args.seed)
         except GenEvalError as e:

@@ -22,7 +22,11 @@ pruning or skipping one scale never shifts the noise of another; ``rng='upstream
 per image seeded with its seed and consumed scale after scale, as upstream's ``g_seed`` does.
 
 ``python -m infinity_backend flops --model infinity_2b --pn 1M`` prints the analytic
-per-scale FLOPs table; it needs no checkout and no checkpoint.
+per-scale FLOPs table and ``python -m infinity_backend cost`` the GPU-hours to budget; neither needs a
+checkout or a checkpoint. ``python -m infinity_backend check opts.json`` validates options and prints a
+memory estimate per batch. ``python -m infinity_backend make-tiny DIR`` writes a tiny random
+checkpoint in upstream's formats, loaded by our direct loader (``"loader": "direct"``,
+``infinity_backend.direct``) on any device: the whole path on a CPU (docs/infinity-cpu.md).
 """
 
 from infinity_backend.arch import (FASTVAR_PRUNE_LAYERS_2B, MODEL_TYPES, PN_NUM_SCALES, SQUARE_SIDES, VAE_TYPES,

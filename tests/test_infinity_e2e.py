@@ -5,7 +5,7 @@
     python train.py --generator infinity --infinity-options DIR/opts.json --reward-preset infinity ...
     python evaluate_agent.py --run RUN ...          (FastVAR, the best static schedule of a small grid, the agent)
     python generate.py --generator infinity --agent RUN --batch-size 4 ...
-    python generate.py ... --prompts geneval:metadata.jsonl   (GenEval's layout)
+    python generate.py ... --prompts geneval:metadata.jsonl --batch-size 2   (GenEval's layout)
 
 and the same checkpoint read through FastVAR's fork. Each command runs as a user runs it (a
 subprocess), on the small CLIP shipped in weights/ and an LPIPS AlexNet with random weights saved as
@@ -125,11 +125,13 @@ def test_whole_infinity_path_on_the_cpu(work):
     ge = work / "geneval_agent"
     out = run("generate geneval", "generate.py", "--generator", "infinity", "--infinity-options", str(opts),
               "--agent", str(agent), "--prompts", f"geneval:{work / 'metadata.jsonl'}", "--images-per-prompt", "2",
-              "--out", str(ge))
+              "--batch-size", "2", "--out", str(ge))
     for i, meta in enumerate(GENEVAL):
         folder = ge / f"{i:05d}"
         assert json.loads((folder / "metadata.jsonl").read_text()) == meta
         assert sorted(p.name for p in (folder / "samples").iterdir()) == ["0000.png", "0001.png"]
+        records = json.loads((folder / "config.json").read_text())["images"]
+        assert [r["seed"] for r in records] == [0, 1] and all(0 < r["flops_fraction"] < 1 for r in records)
 
     # the same checkpoint files through FastVAR's fork: the same images (ratio 0 and FastVAR's schedule
     # run only submodules both forks share)
