@@ -64,7 +64,7 @@ class AgreementSettings:
     val_seeds: tuple[int, ...] = (0,)
     test_num_prompts: int = 100
     test_seeds: tuple[int, ...] = (0, 1, 2)
-    max_schedules: int = 16
+    max_schedules: int = 12
     subset: str = "closest"
     sample_seed: int = 0
     grid_ratios: tuple[float, ...] = DEFAULT_GRID_RATIOS
