@@ -220,3 +220,43 @@ def test_cli_bad_values_are_named_before_any_image(tmp_path, capsys):
         assert main(argv + ["--out", str(tmp_path / "o"), "--no-agents"]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ---- the Pareto plot of compare mode ----------------------------------------------------------------
+
+def _metric(mean: float, ci: float = 0.02) -> dict:
+    return {"mean": mean, "ci95": ci, "n": 10, "n_images": 20}
+
+
+def test_pareto_plot_marks_budgets_and_families(tmp_path):
+    """Two agents at two budgets (the second is FastVAR's): every row made for an agent row shares its
+    budget's marker; FastVAR and the rows chosen at its FLOPs share FastVAR's; Original and tail have none."""
+    from matplotlib.image import imread
+
+    from evaluation.report import budget_of_methods, pareto_plot
+
+    fv = 0.347
+    methods = {"original": ("baseline", 1.0, 1.0), "fastvar": ("baseline", fv, 0.515), "tail": ("baseline", 0.3, 0.5),
+               "best_static@fastvar": ("best_static", fv, 0.51), "oracle@fastvar": ("oracle", fv, 0.51)}
+    budgets = []
+    for run in ("a", "b"):
+        for b in (0.6, fv):
+            sfx = f":{run}@{b:.3f}"
+            budgets.append({"agent": f"rl{sfx}", "budget": b, "best_static": f"best_static{sfx}",
+                            "oracle": f"oracle{sfx}", "random": f"random{sfx}"})
+            methods.update({f"rl{sfx}": ("rl", b, b + 0.15), f"best_static{sfx}": ("best_static", b, b + 0.16),
+                            f"oracle{sfx}": ("oracle", b, b + 0.14), f"oracle_cv{sfx}": ("oracle", b, b + 0.14),
+                            f"random{sfx}": ("random", b, b + 0.15)})
+    summary = {"num_prompts": 10, "budgets": budgets, "static_frontier": [],
+               "methods": {n: {"kind": k, "upper_bound": k == "oracle",
+                               "metrics": {"flops_fraction": _metric(t, 0.0), "total_flops_fraction": _metric(tot, 0.0),
+                                           "domain_attribute": _metric(0.7 - (1 - tot) / 2), "ssim": _metric(tot)}}
+                           for n, (k, t, tot) in methods.items()}}
+    marks = budget_of_methods(summary)
+    assert "original" not in marks and "tail" not in marks
+    assert {marks[n] for n in ("fastvar", "best_static@fastvar", "oracle@fastvar", "rl:a@0.347", "oracle_cv:b@0.347",
+                               "random:b@0.347")} == {"0.347 (FastVAR's)"}
+    assert {marks[n] for n in ("rl:a@0.600", "best_static:a@0.600", "oracle_cv:a@0.600", "random:b@0.600")} == {"0.600"}
+    pareto_plot(summary, tmp_path / "pareto.png")
+    img = imread(tmp_path / "pareto.png")
+    assert img.shape[0] > 600 and img.shape[1] > 1000  # two metrics x (all, zoom) panels and the legends
