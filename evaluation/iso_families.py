@@ -360,7 +360,7 @@ def agent_family(ctx: IsoContext, run, budgets: list[tuple[str, float]]) -> Fami
     for token, b in budgets:
         label = f"budget {b:.3f}" + ("" if token.replace(".", "", 1).isdigit() else f" ({token})")
         if not lo - 1e-9 <= b <= hi + 1e-9:
-            cands.append(Candidate(label, b, float("nan"), None, budget=b,
+            cands.append(Candidate(label, float("nan"), float("nan"), None, budget=b,
                                    note=f"n/a: outside the range [{lo:g}, {hi:g}] the run was trained on"))
             continue
         row = ctx.judge_agent(run, b, "val")

@@ -21,6 +21,13 @@ on the TEST items: its transformer and total FLOPs, the speed-up 1 / FLOPs with 
 over prompts that re-chooses the point on resampled validation prompts and measures it on resampled
 test prompts, and its test attribute accuracy minus Original's with a prompt-clustered t interval.
 
+Default cost: 100 validation prompts x seed 0 (compare mode's search items, so the static search's
+cache is shared), 100 test prompts x seeds 0 1, FastVAR strengths {.05, .1, .15, .2, .3, .5, 1}, 39
+static candidates (one-scale modifications at {0, .125, .25, .5} with and without the CFG branch, and
+skip; two-scale at .25), agents at 0.95 ... 0.4: estimated ~15 min on the shared 2-core CPU (the
+estimate, calibrated on Original's images, is printed before anything else is generated;
+``--estimate-only`` stops there). A 20 + 20 prompt run took 223 s against an estimate of 233 s.
+
 The judge's scores are cached on disk in their own files (``CACHE/judge/``), apart from the static
 search's ``GridCache`` (QUALITY only). New grid schedules are judged in the pass that generates them
 (so the frontier is not generated twice); those scores go to the judge's cache and are read only after
