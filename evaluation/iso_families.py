@@ -83,6 +83,9 @@ class Candidate:
 
 @dataclass
 class Family:
+    """A method's candidates, in any order (the operating point orders them by FLOPs), and for an agent
+    family its run."""
+
     name: str
     kind: str                          # baseline (FastVAR scaled) | static | rl
     candidates: list[Candidate]
@@ -105,7 +108,6 @@ class IsoContext:
     allow_drop: bool
     flops: object                      # evaluation.static_search.FlopsTable
     judge_caches: dict = field(default_factory=dict)
-    seconds: dict = field(default_factory=dict)
 
     def items(self, split: str) -> list:
         return self.val_items if split == "val" else self.test_items
