@@ -191,41 +191,144 @@ def write_csv(rows: list[dict], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+#: method kind -> (family in the legend, colour): one colour per family
+PARETO_FAMILIES = {"baseline": ("baselines (FastVAR, tail)", "0.3"), "best_static": ("static (best at the budget)", "tab:blue"),
+                   "rl": ("agents", "tab:red"), "oracle": ("oracles (upper bounds, hollow)", "tab:green"),
+                   "random": ("random schedules", "tab:orange")}
+OTHER_FAMILY = ("other", "tab:purple")
+BUDGET_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+NO_BUDGET_MARKER = "*"
+
+
+def budget_of_methods(summary: dict) -> dict[str, str]:
+    """Method name -> the budget it was run or chosen at, as its marker's legend label: an agent row's
+    budget for that row's agent, best static, oracle(s) and random; FastVAR's fraction for FastVAR and
+    the rows chosen at it ("@fastvar"). Methods with no budget (Original, tail) are not in it."""
+    methods = summary["methods"]
+    fv = methods.get("fastvar", {}).get("metrics", {}).get("flops_fraction", {}).get("mean")
+
+    def label(b: float | None) -> str:
+        if b is None:
+            return "the run's own"
+        return f"{b:.3f}" + (" (FastVAR's)" if fv is not None and abs(b - fv) < 1e-3 else "")
+
+    out = {name: label(fv) for name in methods if fv is not None and (name == "fastvar" or name.endswith("@fastvar"))}
+    for e in summary.get("budgets") or []:
+        suffix = e["best_static"][len("best_static"):]  # "" with one agent row, ":LABEL@B" with several
+        out[e["agent"]] = label(e["budget"])
+        for name, m in methods.items():
+            base = name.split(":")[0].split("@")[0]
+            if name not in out and m.get("kind") in ("best_static", "oracle", "random") and name[len(base):] == suffix:
+                out[name] = label(e["budget"])
+    return out
+
+
+def _pareto_points(summary: dict, metric: str, budgets: dict[str, str]) -> list[dict]:
+    """Every method but Original with a finite ``metric``: total FLOPs and the metric, with CIs."""
+    out = []
+    for name, m in summary["methods"].items():
+        f, q = m["metrics"].get("total_flops_fraction"), m["metrics"].get(metric)
+        if name == "original" or not f or not q or q["n"] == 0 or not math.isfinite(q["mean"]):
+            continue
+        ci = lambda a: a["ci95"] if a["ci95"] == a["ci95"] else 0.0  # noqa: E731 - NaN (one prompt): no bar
+        out.append({"name": name, "kind": m.get("kind"), "x": f["mean"], "xerr": ci(f), "y": q["mean"], "yerr": ci(q),
+                    "budget": budgets.get(name), "upper_bound": bool(m.get("upper_bound"))})
+    return out
+
+
+def _zoom_window(points: list[dict], reference: float | None) -> tuple[float, float, float, float] | None:
+    """(x0, x1, y0, y1) around the pruned methods' means and Original's value (``reference``), padded (CI
+    bars may reach outside); None for < 2 points."""
+    if len(points) < 2:
+        return None
+    xs, ys = [p["x"] for p in points], [p["y"] for p in points] + ([] if reference is None else [reference])
+    px, py = max(0.1 * (max(xs) - min(xs)), 0.01), max(0.12 * (max(ys) - min(ys)), 0.01)
+    return min(xs) - px, max(xs) + px, min(ys) - py, max(ys) + py
+
+
+def _original_value(summary: dict, metric: str) -> float | None:
+    o = summary["methods"].get("original", {}).get("metrics", {}).get(metric)
+    return o["mean"] if o and o.get("n") and math.isfinite(o["mean"]) else None
+
+
+def _draw_pareto_panel(ax, summary: dict, metric: str, points: list[dict], markers: dict[str, str], label_runs: bool) -> None:
+    """The static frontier as a line, Original as a horizontal reference line, every other method as
+    a point with CI bars: colour = family, marker = budget."""
+    fr = [e for e in summary.get("static_frontier", []) if metric in e.get("test", {})]
+    if fr:  # a thin line without bars: the frontier's CIs would hide the methods'
+        ax.plot([e["total_fraction"] for e in fr], [e["test"][metric]["mean"] for e in fr], "-", marker=".", ms=4,
+                color=PARETO_FAMILIES["best_static"][1], alpha=0.45, lw=1, zorder=1)
+    orig = _original_value(summary, metric)
+    if orig is not None:
+        ax.axhline(orig, color="k", ls="--", lw=1, zorder=0)
+        ax.plot(1.0, orig, "o", color="k", ms=6, zorder=3)
+    for p in points:
+        colour = PARETO_FAMILIES.get(p["kind"], OTHER_FAMILY)[1]
+        marker = markers.get(p["budget"], NO_BUDGET_MARKER)
+        ax.errorbar(p["x"], p["y"], xerr=p["xerr"] or None, yerr=p["yerr"] or None, fmt=marker, color=colour,
+                    mfc="none" if p["upper_bound"] else colour, ms=10 if p["kind"] == "rl" else 7, mew=1.5, capsize=2,
+                    elinewidth=0.8, zorder=3)
+        if p["kind"] == "baseline" or (label_runs and p["kind"] == "rl"):
+            ax.annotate(p["name"].removeprefix("rl:"), (p["x"], p["y"]), xytext=(4, 4), textcoords="offset points",
+                        fontsize=6, color=colour, clip_on=True)
+    ax.grid(alpha=0.3)
+
+
 def pareto_plot(summary: dict, path: Path) -> None:
-    """DomainEval attribute accuracy (when the judge is available) and SSIM against TOTAL FLOPs: every
-    method with prompt-clustered 95% CI bars, the static frontier (test values of the schedules chosen on
-    validation) as a line, the oracle marked as an upper bound."""
+    """DomainEval attribute accuracy (when the judge is available) and SSIM against TOTAL FLOPs, read at
+    a glance: one colour per method family (baselines, static, agents, oracles, random), one marker per
+    budget, Original as a dashed horizontal line, the static frontier (chosen on validation, test values)
+    as a thin line; left column everything, right column zoomed into the pruned methods (the window is
+    the dashed box on the left). Bars: prompt-clustered 95% CIs; oracles (upper bounds) hollow."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
 
     panels = [("ssim", "SSIM vs Original")]
     if any("domain_attribute" in m["metrics"] for m in summary["methods"].values()):
         panels.insert(0, ("domain_attribute", "DomainEval attribute accuracy"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    markers = {"baseline": "o", "rl": "*", "best_static": "s", "oracle": "^", "random": "x"}
-    for ax, (metric, label) in zip(axes[0], panels):
-        fr = [e for e in summary.get("static_frontier", []) if metric in e.get("test", {})]
-        if fr:
-            xs = [e["total_fraction"] for e in fr]
-            ys = [e["test"][metric]["mean"] for e in fr]
-            es = [e["test"][metric]["ci95"] if e["test"][metric]["ci95"] == e["test"][metric]["ci95"] else 0 for e in fr]
-            ax.errorbar(xs, ys, yerr=es, fmt="-", color="0.6", lw=1, capsize=2, label="static frontier (val-chosen, test)")
-        for name, m in summary["methods"].items():
-            f, q = m["metrics"].get("total_flops_fraction"), m["metrics"].get(metric)
-            if not f or not q or q["n"] == 0 or math.isinf(q["mean"]) or q["mean"] != q["mean"]:
-                continue
-            lab = f"{name} (upper bound)" if m.get("upper_bound") else name
-            ax.errorbar(f["mean"], q["mean"], xerr=f["ci95"] if f["ci95"] == f["ci95"] else None,
-                        yerr=q["ci95"] if q["ci95"] == q["ci95"] else None, fmt=markers.get(m.get("kind"), "o"),
-                        ms=9 if m.get("kind") == "rl" else 6, capsize=3, label=lab)
+    budgets = budget_of_methods(summary)
+    order = list(dict.fromkeys(budgets[n] for n in summary["methods"] if n in budgets))
+    markers = {b: BUDGET_MARKERS[i % len(BUDGET_MARKERS)] for i, b in enumerate(order)}
+    label_runs = len({n.split("@")[0] for n, m in summary["methods"].items() if m.get("kind") == "rl"}) > 1
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.2 * len(panels)), squeeze=False)
+    for (ax_all, ax_zoom), (metric, label) in zip(axes, panels):
+        points = _pareto_points(summary, metric, budgets)
+        for ax in (ax_all, ax_zoom):
+            _draw_pareto_panel(ax, summary, metric, points, markers, label_runs)
+            ax.set_ylabel(label)
+        window = _zoom_window(points, _original_value(summary, metric))
+        if window is not None:
+            x0, x1, y0, y1 = window
+            ax_zoom.set_xlim(x0, x1)
+            ax_zoom.set_ylim(y0, y1)
+            ax_all.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls=":", lw=1, ec="0.4", zorder=0))
+        lo = min([p["x"] - p["xerr"] for p in points] + [1.0])
+        ax_all.set_xlim(lo - 0.03, 1.03)  # the whole range, up to Original at 1
+        ax_all.set_title("all methods (dotted box: the zoom on the right)", fontsize=8)
+        ax_zoom.set_title("zoom: the pruned methods", fontsize=8)
+    for ax in axes[-1]:
         ax.set_xlabel("total FLOPs fraction (transformer + VQ decoder + text encoder)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"test prompts, mean ± 95% CI clustered by prompt ({summary['num_prompts']} prompts)", fontsize=9)
-    fig.tight_layout()
+    kinds = [k for k in PARETO_FAMILIES if any(m.get("kind") == k for m in summary["methods"].values())]
+    fam = [Line2D([], [], color="k", ls="--", marker="o", ms=5, lw=1, label="Original")]
+    fam += [Line2D([], [], marker="o", ls="", color=PARETO_FAMILIES[k][1], label=PARETO_FAMILIES[k][0]) for k in kinds]
+    if summary.get("static_frontier"):
+        fam.append(Line2D([], [], color=PARETO_FAMILIES["best_static"][1], alpha=0.45, marker=".",
+                          label="static frontier (val-chosen, test)"))
+    marks = [Line2D([], [], marker=markers[b], ls="", color="0.35", mfc="none", label=b) for b in order]
+    if any(p["budget"] is None for p in _pareto_points(summary, panels[-1][0], budgets) if p["kind"] != "baseline"):
+        marks.append(Line2D([], [], marker=NO_BUDGET_MARKER, ls="", color="0.35", mfc="none", label="none"))
+    fig.legend(handles=fam, loc="upper left", bbox_to_anchor=(0.81, 0.92), fontsize=8, frameon=False,
+               title="family (colour)", title_fontsize=8, alignment="left")
+    if marks:
+        fig.legend(handles=marks, loc="upper left", bbox_to_anchor=(0.81, 0.5), fontsize=8, frameon=False,
+                   title="transformer FLOPs budget (marker)", title_fontsize=8, alignment="left")
+    fig.suptitle(f"test prompts, mean ± 95% CI clustered by prompt ({summary['num_prompts']} prompts); colour = family, "
+                 f"marker = budget", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
