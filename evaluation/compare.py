@@ -1,12 +1,14 @@
 """Compare mode's pipeline: Original vs FastVAR vs the seed's tail pattern vs trained agents vs the best
-static schedule, the per-prompt oracle and a random schedule at each agent's FLOPs, on the same items.
+static schedule, the three oracles and a random schedule at each agent's FLOPs, on the same items.
 
     resolve_plan (evaluation.compare_plan: every argument checked, no model built)
     -> build_models      the generator, DomainEval, the reward's quality terms; the agent rows
     -> generate_baselines / generate_agents      each method's images and per-image records
-    -> static_baselines  grid on the search items, best static schedule per target, oracle on test
-    -> generate_random   a random schedule per image at each agent's transformer FLOPs
+    -> static_baselines  grid on the search items, best static schedule per target (each with its agent's
+                         levers), the oracles (in-sample, cross-validated, per-image) on test
+    -> generate_random   a random schedule per image with each agent's levers, at most its transformer FLOPs
     -> score_methods     per-image metrics, QUALITY and the run's reward
+    -> distribution_measures   Fréchet distance to Original's images and seed diversity (CLIP features)
     -> build_summary     prompt-clustered statistics and paired comparisons (evaluation.compare_summary)
     -> write_report      table.md, per_image.csv, summary.json, pareto.png, grid.png
 
@@ -72,6 +74,7 @@ class MethodRun:
     records: list[dict]
     budget: float | None = None
     static_label: str | None = None
+    oracle_kind: str | None = None      # an oracle row's kind (a key of evaluation.scoreboard.ORACLE_KINDS)
 
 
 def clip_for_agent(env_cfg, clip_model: str | None, clip_pretrained: str | None, suite):
@@ -181,57 +184,74 @@ def static_targets(generator, agent_runs: dict[str, MethodRun]) -> dict[str, flo
     return targets
 
 
+def static_levers(agents: list[AgentRow], first: int) -> dict:
+    """Per static target, the levers its schedules may use: each agent row's own (its run's controllable
+    scales, CFG-drop flag and skip threshold); at FastVAR's FLOPs, the CFG drop if any compared run may
+    drop the branch (and the first run's skip threshold)."""
+    from evaluation.scoreboard import Levers
+
+    out = {row.name: Levers(row.run.first_controllable, bool(row.run.env.allow_drop_unconditional),
+                            float(row.run.env.skip_threshold)) for row in agents}
+    out["fastvar"] = Levers(first, any(lv.drop_cfg for lv in out.values()), float(agents[0].run.env.skip_threshold))
+    return out
+
+
 def static_baselines(models: Models, first: int, targets: dict[str, float], val_items: list[tuple[str, int]],
                      items: list[tuple[str, int]], refs_B3HW: torch.Tensor, static: StaticSearchSettings,
-                     skip_threshold: float, settings: GenerationSettings, pool,
-                     log: Callable[[str], None]):
-    """The static grid searched on ``val_items`` (best static schedule per target, frontier, oracle on the
-    test items), then the images of each best static schedule and oracle: (StaticBaselines, runs)."""
-    from evaluation.scoreboard import build_static_baselines
+                     settings: GenerationSettings, pool, log: Callable[[str], None]):
+    """The static grid searched on ``val_items`` with each agent's levers (best static schedule per
+    target, frontier, the oracles on the test items), then the images of each best static schedule and
+    oracle: (StaticBaselines, runs)."""
+    from evaluation.scoreboard import ORACLE_KINDS, build_static_baselines
 
     generator = models.generator
-    found = build_static_baselines(generator, first, targets, val_items, items, refs_B3HW, models.reward_fn,
-                                   models.domain, skip_threshold=skip_threshold, refine_rounds=static.refine_rounds,
+    found = build_static_baselines(generator, targets, static_levers(models.agents, first), val_items, items, refs_B3HW,
+                                   models.reward_fn, models.domain, refine_rounds=static.refine_rounds,
                                    oracle=static.oracle, cache_dir=static.cache_dir, grid_ratios=tuple(static.grid_ratios),
                                    batch_size=settings.batch_size, oracle_candidates=static.oracle_candidates, log=log)
     log(f"static search: {found.info}")
-    widths = tuple(generator.scale_widths)
+    widths, n = tuple(generator.scale_widths), generator.num_scales
     out = {}
     for label, res in found.search.items():
         suffix = (agent_suffix(label, len(models.agents)) if label.startswith("rl:") else f"@{label}")
         name = "best_static" + suffix
+        whose = f"{label}'s" if label.startswith("rl:") else "the compared runs'"
         images, recs = generate_method(generator, MethodSpec(schedule=res.schedule), items, settings, pool)
         out[name] = MethodRun(name, "best_static", f"{res.schedule.describe(widths)}; chosen on {len(val_items)} "
-                              f"validation images by quality at total FLOPs <= {res.target_total_fraction:.3f} ({label})",
-                              images, recs, static_label=label)
-        if label in found.oracle:
-            per_prompt = found.oracle[label]
-            oname = "oracle" + suffix
-            spec = MethodSpec(per_item=tuple(per_prompt[p] for p, _ in items))
-            images, recs = generate_method(generator, spec, items, settings, pool)
-            out[oname] = MethodRun(oname, "oracle", f"UPPER BOUND: per test prompt, the grid schedule with total FLOPs "
-                                   f"<= {res.target_total_fraction:.3f} that is best on that prompt's own test images "
-                                   f"(by quality)", images, recs, static_label=label)
+                              f"validation images by quality at total FLOPs <= {res.target_total_fraction:.3f} ({label}), "
+                              f"with {whose} levers ({found.levers[label].describe(n)})", images, recs, static_label=label)
+        for kind, choice in found.oracles.get(label, {}).items():
+            oname = kind + suffix
+            how, bound = ORACLE_KINDS[kind]
+            images, recs = generate_method(generator, MethodSpec(per_item=tuple(choice[it] for it in items)), items,
+                                           settings, pool)
+            out[oname] = MethodRun(oname, "oracle", f"{bound}: {how}; candidates: the "
+                                   f"{found.info['oracle_candidates'][label]} grid schedules with total FLOPs <= "
+                                   f"{res.target_total_fraction:.3f} and {whose} levers (by quality)", images, recs,
+                                   static_label=label, oracle_kind=kind)
     return found, out
 
 
 def generate_random(generator, agents: list[AgentRow], agent_runs: dict[str, MethodRun], items: list[tuple[str, int]],
                     settings: GenerationSettings, pool) -> dict[str, MethodRun]:
-    """Per agent row, a random schedule per image at the agent's mean transformer FLOPs (each row's own
-    ``np.random.default_rng(0)``)."""
-    from evaluation.random_schedules import random_schedule_at
-    from generator.schedules import RatioListSchedule
+    """Per agent row, a random schedule per image with the agent's levers (its controllable scales, CFG-drop
+    flags where it may drop the branch) at transformer FLOPs within ``TOLERANCE`` below the agent's mean, never
+    above (each row's own ``np.random.default_rng(0)``)."""
+    from evaluation.random_schedules import TOLERANCE, random_schedule_at
 
     out = {}
     for row in agents:
         rng = np.random.default_rng(0)
         target_t = float(np.mean([r["flops_fraction"] for r in agent_runs[row.name].records]))
-        rand = tuple(RatioListSchedule(tuple(random_schedule_at(generator, target_t, row.run.first_controllable, rng,
-                                                                row.run.env.skip_threshold))) for _ in items)
+        drop = bool(row.run.env.allow_drop_unconditional)
+        rand = tuple(random_schedule_at(generator, target_t, row.run.first_controllable, rng, row.run.env.skip_threshold,
+                                        allow_drop=drop) for _ in items)
         name = "random" + agent_suffix(row.name, len(agents))
         images, recs = generate_method(generator, MethodSpec(per_item=rand), items, settings, pool)
-        out[name] = MethodRun(name, "random", f"uniform random ratios per image at {row.name}'s transformer FLOPs",
-                              images, recs)
+        out[name] = MethodRun(name, "random", f"uniform random ratios per image on {row.name}'s controllable scales"
+                              + (", and random CFG-drop flags (it may drop the branch)" if drop else "")
+                              + f", each at transformer FLOPs <= {target_t:.3f} ({row.name}'s mean: never above), "
+                              f"within {TOLERANCE:g} below it wherever a draw gets there", images, recs)
     return out
 
 
@@ -266,6 +286,27 @@ def score_methods(methods: dict[str, MethodRun], items: list[tuple[str, int]], r
     return per_method
 
 
+def distribution_measures(methods: dict[str, MethodRun], items: list[tuple[str, int]], clip,
+                          batch: int = 256) -> dict:
+    """Per method, on ``clip``'s unit-norm image embeddings (the metric suite's CLIP): the Fréchet
+    distance between its images' features and Original's, and the mean cosine distance between the
+    seeds of one prompt (``evaluation.distribution``; None with one seed per prompt)."""
+    from evaluation.distribution import frechet_distance, seed_diversity
+
+    def features(images: list[torch.Tensor]) -> np.ndarray:
+        return torch.cat([clip.image_embedding(torch.stack(images[i:i + batch])).cpu()
+                          for i in range(0, len(images), batch)]).double().numpy()
+
+    several_seeds = len({s for _, s in items}) >= 2
+    reference = features(methods["original"].images)
+    out = {}
+    for name, m in methods.items():
+        f = reference if name == "original" else features(m.images)
+        out[name] = {"frechet_distance_to_original": frechet_distance(f, reference) if len(items) >= 2 else None,
+                     "seed_diversity": seed_diversity(f, items) if several_seeds else None}
+    return out
+
+
 # ---- the pipeline -----------------------------------------------------------------------------------
 
 def generate_all(plan: ComparePlan, models: Models, suite, pool, log: Callable[[str], None]):
@@ -282,8 +323,7 @@ def generate_all(plan: ComparePlan, models: Models, suite, pool, log: Callable[[
     static = None
     if req.static.enabled:
         static, static_runs = static_baselines(models, plan.first_controllable, static_targets(models.generator, agent_runs),
-                                               plan.items.search, items, refs, req.static, plan.runs[0].env.skip_threshold,
-                                               req.generation, pool, log)
+                                               plan.items.search, items, refs, req.static, req.generation, pool, log)
         methods.update(static_runs)
     methods.update(generate_random(models.generator, models.agents, agent_runs, items, req.generation, pool))
     log("all methods generated")
@@ -300,7 +340,8 @@ def run_comparison(plan: ComparePlan, suite, log: ProgressLog) -> dict:
     try:
         methods, refs, static = generate_all(plan, models, suite, pool, log)
         per_method = score_methods(methods, items, refs, suite, models.domain, models.reward_fn)
-        summary = build_summary(plan, models, suite, methods, per_method, static)
+        distribution = distribution_measures(methods, items, suite.clip)
+        summary = build_summary(plan, models, suite, methods, per_method, static, distribution)
     finally:
         if pool is not None:
             pool.close()

@@ -65,8 +65,43 @@ def markdown_table(summary: dict) -> str:
     for name, m in summary["methods"].items():
         if m.get("note"):
             lines.append(f"- {name}: {m['note']}")
+    for kind, why in summary.get("oracles", {}).get("left_out", {}).items():
+        lines.append(f"- {kind}: {why}")
     for metric, why in summary.get("unavailable", {}).items():
         lines.append(f"- {metric}: {why}")
+    return "\n".join(lines)
+
+
+def domain_attribute_table(summary: dict) -> str:
+    """DomainEval per attribute (the judge's attributes, then the scene), one row per method."""
+    rows = [(n, m) for n, m in summary["methods"].items() if m.get("domain_per_attribute")]
+    if not rows:
+        return ""
+    attrs = list(dict.fromkeys(a for _, m in rows for a in m["domain_per_attribute"]))
+    cols = [("domain_attribute", "all attributes")] + [(a, a) for a in attrs]
+    lines = ["### DomainEval per attribute", "", "| method | " + " | ".join(t for _, t in cols) + " |",
+             "|" + "---|" * (len(cols) + 1)]
+    for name, m in rows:
+        values = {"domain_attribute": m["metrics"].get("domain_attribute"), **m["domain_per_attribute"]}
+        lines.append(_row(f"{name} (upper bound)" if m.get("upper_bound") else name, values, cols))
+    lines += ["", f"DomainEval per attribute: {summary.get('domain_per_attribute_note', '')}."]
+    return "\n".join(lines)
+
+
+def distribution_table(summary: dict) -> str:
+    """Fréchet distance to Original's images and seed diversity, one row per method."""
+    rows = [(n, m["distribution"]) for n, m in summary["methods"].items() if m.get("distribution")]
+    if not rows:
+        return ""
+
+    def num(x) -> str:
+        return "n/a" if x is None or x != x else f"{x:.4f}"
+
+    lines = ["### Distribution: distance to Original's images and diversity across seeds", "",
+             "| method | Fréchet distance to Original | seed diversity |", "|---|---|---|"]
+    lines += [f"| {n} | {num(d.get('frechet_distance_to_original'))} | {num(d.get('seed_diversity'))} |" for n, d in rows]
+    lines += ["", f"Features: {summary.get('distribution_features', 'CLIP image embeddings')}; "
+                  f"{summary.get('distribution_note', '')}."]
     return "\n".join(lines)
 
 
@@ -101,9 +136,10 @@ def quality_only_table(summary: dict) -> str:
 
 def budget_table(summary: dict) -> str:
     """One block per agent row (each budget of a budget-conditioned run): the agent, the best static
-    schedule and the per-prompt oracle at the agent's total FLOPs (and FastVAR where the budget is
-    FastVAR's), the paired agent − best static difference, and the share of the static → oracle gap the
-    agent captures (per metric: (agent − static) / (oracle − static))."""
+    schedule, the three oracles and the random schedule at the agent's FLOPs (and FastVAR where the
+    budget is FastVAR's), the paired agent − best static difference, and the share of the static →
+    oracle gap the agent captures (per metric: (agent − static) / (oracle − static)), against the
+    cross-validated oracle (what a per-prompt controller can reach) and, labelled, the in-sample one."""
     entries = summary.get("budgets") or []
     if not entries:
         return ""
@@ -111,12 +147,12 @@ def budget_table(summary: dict) -> str:
     keys = (("domain_attribute", "DomainEval attr"), ("domain_scene", "DomainEval scene"), ("ssim", "SSIM"),
             ("quality", "quality"))
     cols = (("flops_fraction", "transformer FLOPs"), ("total_flops_fraction", "total FLOPs")) + keys
-    lines = ["### Per budget: agent vs the best static schedule at the same FLOPs vs the per-prompt oracle", "",
+    lines = ["### Per budget: agent vs the best static schedule at the same FLOPs vs the oracles", "",
              "| budget | method | " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * (len(cols) + 2)]
     gaps = []
     for e in entries:
         b = "-" if e["budget"] is None else f"{e['budget']:.3f}"
-        names = [e["agent"], e["best_static"], e["oracle"], e["random"]]
+        names = [e["agent"], e["best_static"], e.get("oracle_cv"), e["oracle"], e.get("oracle_image"), e["random"]]
         if e["budget"] is not None and "fastvar" in methods:
             fv = methods["fastvar"]["metrics"].get("flops_fraction", {}).get("mean")
             if fv is not None and abs(fv - e["budget"]) < 1e-3:
@@ -128,18 +164,23 @@ def budget_table(summary: dict) -> str:
         comp = paired.get(f"{e['agent']} vs {e['best_static']}")
         parts = []
         for k, t in keys:
-            try:
-                a, st, orc = (methods[x]["metrics"][k]["mean"] for x in (e["agent"], e["best_static"], e["oracle"]))
-            except KeyError:
+            shares = {ref: by[k] for ref, by in e.get("gap_captured", {}).items() if k in by}
+            if not shares:
                 continue
             c = (comp or {}).get(k)
             diff = "" if c is None or c["ci95"] != c["ci95"] else f"{c['mean_diff']:+.4f} ± {c['ci95']:.4f}, "
-            share = (a - st) / (orc - st) if orc - st > 1e-12 else float("nan")
-            parts.append(f"{t}: {diff}gap captured {share:.0%}" if share == share else f"{t}: {diff}gap n/a")
+            text = ", ".join(("n/a" if x is None else f"{x:.0%}") + (" of the gap to oracle_cv" if ref == "oracle_cv" else
+                                                                    " of the gap to the in-sample oracle")
+                             for ref, x in shares.items())
+            parts.append(f"{t}: {diff}captured {text}")
         gaps.append(f"- {e['agent']} − {e['best_static']} (budget {b}): " + "; ".join(parts))
     lines.append("")
+    bounds = summary.get("oracles", {}).get("bounds", {})
+    lines.append("oracle_cv: " + bounds.get("oracle_cv", "") + "; oracle (in-sample) and oracle_image count seed noise "
+                 "that no method can reach.")
     lines.append("Paired agent − best static (prompt-clustered mean ± 95% CI) and the share of the best-static → "
-                 "oracle gap the agent captures (negative: below the best static schedule):")
+                 "oracle gap the agent captures, against oracle_cv first and, labelled, the in-sample oracle "
+                 "(negative: below the best static schedule; n/a: the oracle is not above it):")
     return "\n".join(lines + gaps)
 
 
@@ -149,7 +190,8 @@ def static_search_lines(summary: dict) -> str:
     if not g:
         return "(static search not run: --no-static-search)"
     ratios = ", ".join(f"{r:g}" for r in g.get("grid_ratios", []))
-    lines.append(f"Grid: {g.get('grid_size')} schedules ({{{ratios}}} × CFG branch kept/dropped, + skip, on "
+    cfg = "CFG branch kept/dropped" if g.get("grid_drops_cfg", True) else "CFG branch kept"
+    lines.append(f"Grid: {g.get('grid_size')} schedules ({{{ratios}}} × {cfg}, + skip, on "
                  f"every controllable scale); {g.get('grid_fitting_largest_target')} fit the largest target "
                  f"({g.get('largest_target_total_fraction', float('nan')):.3f} of the total FLOPs) and were evaluated on "
                  f"{g.get('val_items')} validation images ({g.get('val_schedules_generated')} generated now, "
@@ -160,7 +202,9 @@ def static_search_lines(summary: dict) -> str:
                      f"quality {s['val_quality']:.4f} ≥ the best of the {s['grid_points_evaluated']} fitting grid points "
                      f"({s['best_grid_val_quality']:.4f}, {s['best_grid_schedule']}); refinement: "
                      f"{s['refinement_evaluations']} schedules in {s['refinement_rounds']} rounds"
-                     + (f"; oracle used {s['oracle_schedules_used']} distinct schedules" if "oracle_schedules_used" in s else ""))
+                     + (f"; levers: {g['levers'][label]}" if label in g.get("levers", {}) else "")
+                     + "".join(f"; {k} used {s[k + '_schedules_used']} distinct schedules"
+                               for k in ("oracle", "oracle_cv", "oracle_image") if k + "_schedules_used" in s))
     lines.append("(`/nocfg` = the unconditional CFG branch is dropped at that scale; 1 = skipped.)")
     return "\n".join(lines)
 

@@ -1,11 +1,13 @@
 """The true best static schedule: an exhaustive grid, a FLOPs filter before any generation, a local
-refinement; the static Pareto frontier; the per-prompt oracle.
+refinement; the static Pareto frontier. (The oracles over the grid's schedules are ``evaluation.oracles``.)
 
 A static schedule (``generator.schedules.StaticSchedule``) is a ratio per scale plus, per scale, a flag
 that drops the unconditional classifier-free-guidance branch there: the same levers a VarPrune-v0
 agent has, fixed for every prompt. The grid gives each controllable scale the options
 ``{0, 0.25, 0.5, 0.75} x {keep CFG, drop CFG} + {skip}`` (9 per guided scale: 9^4 = 6,561 schedules
-for the default last four scales); earlier scales run unpruned with CFG.
+for the default last four scales); earlier scales run unpruned with CFG. Compared with an agent, the
+search gets exactly that agent's levers: its controllable scales, and the CFG-drop options only if the
+agent may drop the branch (``allow_drop``: 5^4 = 625 schedules without them).
 
 Everything here is ranked by QUALITY: the reward's quality terms only (``RewardFunction.terminal``'s
 ``quality_reward``: CLIP-score change, 1 - SSIM, LPIPS, PSNR shortfall with the run's weights), never
@@ -131,10 +133,11 @@ class StaticSearchResult:
 
 
 def neighbours(schedule: StaticSchedule, first: int, guided: list[bool], max_ratio: float,
-               steps: Sequence[float] = REFINE_STEPS) -> list[StaticSchedule]:
+               steps: Sequence[float] = REFINE_STEPS, allow_drop: bool = True) -> list[StaticSchedule]:
     """Coordinate moves on the controllable scales: ratio +-step (a ratio reaching ``max_ratio`` - the
     agent's skip threshold - becomes a skip; a skip moves down to 1 - step, on a guided scale also with
-    the CFG branch dropped), and flipping the drop flag of a guided, non-skipped scale."""
+    the CFG branch dropped), and flipping the drop flag of a guided, non-skipped scale. Without
+    ``allow_drop`` (an agent that may not drop the CFG branch) no move touches a drop flag."""
     out = []
     r0, d0 = list(schedule.ratios), list(schedule.drop_uncond)
     for k in range(first, len(r0)):
@@ -151,10 +154,10 @@ def neighbours(schedule: StaticSchedule, first: int, guided: list[bool], max_rat
                     drops[k] = False
                 if (ratios, drops) != (r0, d0):
                     out.append(StaticSchedule(tuple(ratios), tuple(drops)))
-                if r0[k] >= 1.0 and r < 1.0 and guided[k]:  # leaving a skip: also without the CFG branch,
+                if allow_drop and r0[k] >= 1.0 and r < 1.0 and guided[k]:  # leaving a skip: also without the CFG branch,
                     drops[k] = True  # which may be the only way back under the target (one move, not two)
                     out.append(StaticSchedule(tuple(ratios), tuple(drops)))
-        if r0[k] < 1.0 and guided[k]:
+        if allow_drop and r0[k] < 1.0 and guided[k]:
             drops = list(d0)
             drops[k] = not drops[k]
             out.append(StaticSchedule(tuple(r0), tuple(drops)))
@@ -165,7 +168,7 @@ def search_best_static(grid: Sequence[StaticSchedule], total_fraction: Callable[
                        mean_quality: Callable[[list[StaticSchedule]], np.ndarray], target_total_fraction: float,
                        first: int, guided: list[bool], max_ratio: float = 0.9, refine_rounds: int = 4,
                        transformer_fraction: Callable[[StaticSchedule], float] | None = None,
-                       known: dict[StaticSchedule, float] | None = None) -> StaticSearchResult:
+                       known: dict[StaticSchedule, float] | None = None, allow_drop: bool = True) -> StaticSearchResult:
     """Exhaustive grid (filtered by total FLOPs <= target before evaluating anything), then a greedy
     local refinement from the best grid point: each round evaluates every unseen neighbour that fits
     the target and moves to the best one if it is strictly better; stops when none is, or after
@@ -173,8 +176,12 @@ def search_best_static(grid: Sequence[StaticSchedule], total_fraction: Callable[
 
     mean_quality: schedules -> their mean QUALITY (injectable: the real one generates and scores
     images; tests pass an analytic objective). known: qualities already computed (reused, not asked).
+    allow_drop: the compared agent's CFG-drop lever; without it, grid schedules that drop the CFG branch
+    are left out and refinement never sets a drop flag (the static schedule gets the agent's levers).
     """
     seen: dict[StaticSchedule, float] = dict(known or {})
+    if not allow_drop:
+        grid = [s for s in grid if not any(s.drop_uncond)]
     fits = [s for s in grid if total_fraction(s) <= target_total_fraction + 1e-12]
     if not fits:
         raise ValueError(f"no grid schedule has total FLOPs <= {target_total_fraction:.4f} of the unpruned image's")
@@ -190,7 +197,7 @@ def search_best_static(grid: Sequence[StaticSchedule], total_fraction: Callable[
     best_grid, best_grid_q = best, seen[best]
     evaluated_refine, rounds = 0, 0
     for _ in range(refine_rounds):
-        cands = [s for s in neighbours(best, first, guided, max_ratio)
+        cands = [s for s in neighbours(best, first, guided, max_ratio, allow_drop=allow_drop)
                  if s not in seen and total_fraction(s) <= target_total_fraction + 1e-12]
         rounds += 1
         if not cands:
@@ -215,20 +222,4 @@ def pareto_frontier(points: Sequence[tuple[StaticSchedule, float, float]]) -> li
         if p[2] > best:
             out.append(p)
             best = p[2]
-    return out
-
-
-def per_prompt_oracle(quality_by_schedule: dict[StaticSchedule, np.ndarray], items: list[tuple[str, int]],
-                      fits: Callable[[StaticSchedule], bool]) -> dict[str, StaticSchedule]:
-    """For each prompt, the fitting schedule with the highest mean QUALITY over that prompt's own items
-    (an upper bound on any per-prompt choice among these schedules: it sees the test images)."""
-    cands = [s for s in quality_by_schedule if fits(s)]
-    if not cands:
-        raise ValueError("no evaluated schedule fits the oracle's FLOPs target")
-    prompts = list(dict.fromkeys(p for p, _ in items))
-    idx = {p: [i for i, (q, _) in enumerate(items) if q == p] for p in prompts}
-    out = {}
-    for p in prompts:
-        means = [float(np.mean(quality_by_schedule[s][idx[p]])) for s in cands]
-        out[p] = cands[int(np.argmax(means))]
     return out

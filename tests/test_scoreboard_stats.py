@@ -54,3 +54,30 @@ def test_duplicates_are_named():
     with pytest.raises(ValueError, match="'a red circle'"):
         check_unique("prompts", ["a red circle", "b", "a red circle"])
     check_unique("seeds", [0, 1, 2])
+
+
+def test_the_cross_validated_oracle_never_looks_at_the_image_it_is_scored_on():
+    """Perturbing every candidate's quality on one image never changes the cross-validated oracle's choice
+    for that image (it is chosen on the prompt's other seeds), while it does change the in-sample and
+    per-image oracles' choices somewhere (so the check can fail)."""
+    from evaluation.scoreboard import oracle_choices
+
+    rng = np.random.default_rng(0)
+    items = [(f"p{i}", s) for i in range(6) for s in range(3)]
+    cands = [f"s{j}" for j in range(5)]
+    quality = {c: rng.normal(0, 1, len(items)) for c in cands}
+    base, left_out = oracle_choices(quality, items, cands)
+    assert set(base) == {"oracle", "oracle_cv", "oracle_image"} and not left_out
+    moved = {"oracle": 0, "oracle_image": 0}
+    for i, item in enumerate(items):
+        for trial in range(5):
+            perturbed = {c: q.copy() for c, q in quality.items()}
+            for c in cands:
+                perturbed[c][i] = rng.normal(0, 10)
+            got, _ = oracle_choices(perturbed, items, cands)
+            assert got["oracle_cv"][item] == base["oracle_cv"][item], (item, trial)
+            moved = {k: moved[k] + (got[k][item] != base[k][item]) for k in moved}
+    assert moved["oracle"] > 0 and moved["oracle_image"] > 0
+    one_seed = [(p, 0) for p in dict.fromkeys(p for p, _ in items)]
+    chosen, why = oracle_choices({c: q[:len(one_seed)] for c, q in quality.items()}, one_seed, cands)
+    assert set(chosen) == {"oracle", "oracle_image"} and "needs >= 2 seeds" in why["oracle_cv"]
