@@ -75,7 +75,8 @@ def run_prefix_tree(generator, items: list[tuple[str, int]], schedules: Sequence
 
 class QualityScorer:
     """Per-image QUALITY of images against the unpruned references of the same items: the reward's
-    quality terms (``RewardFunction.terminal(...)[1]["quality_reward"]``, tested equal), batched, plus
+    quality terms (``RewardConfig.quality``, the formula ``RewardFunction.terminal(...)[1]["quality_reward"]``
+    uses too; tested equal), batched, plus
     the terms themselves (ssim, psnr, clip_score, lpips where the reward has it). No FLOPs terms.
 
     references_B3HW: unpruned images of ``prompts`` (same order as the items).
@@ -118,14 +119,12 @@ class QualityScorer:
         """QUALITY from already computed per-image terms (ssim, psnr, and clip_score / lpips where the
         reward uses them) of the items ``sl``: what ``__call__`` returns as ``quality``, without
         scoring the images twice when the caller has those terms already."""
-        c = self.rfn.config
-        s, p = np.asarray(terms["ssim"], np.float64), np.asarray(terms["psnr"], np.float64)
-        q = -c.ssim_weight * (1.0 - s) - c.psnr_weight * (1.0 - np.minimum(p, c.psnr_cap_db) / c.psnr_cap_db)
+        clip_delta = None
         if self.rfn.clip is not None:
-            q = q + c.clip_weight * (np.asarray(terms["clip_score"], np.float64) - self.ref_clip[sl])
-        if self.rfn.lpips is not None:
-            q = q - c.lpips_weight * np.asarray(terms["lpips"], np.float64)
-        return q
+            clip_delta = np.asarray(terms["clip_score"], np.float64) - self.ref_clip[sl]
+        lpips = terms["lpips"] if self.rfn.lpips is not None else None
+        return np.asarray(self.rfn.config.quality(terms["ssim"], terms["psnr"], clip_delta=clip_delta, lpips=lpips),
+                          np.float64)
 
 
 # ---- on-disk cache ----------------------------------------------------------------------------------

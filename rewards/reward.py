@@ -11,6 +11,8 @@ unpruned reference ``x0`` for prompt ``p``:
                             - budget_penalty * max(0, u - b)              (b = the episode's budget, else flops_budget)
 
 Every quality term is exactly 0 when nothing is pruned (x == x0), so an all-zero episode scores 0.
+The quality terms are written once, in ``RewardConfig.quality`` (the reward and the evaluation's
+``QualityScorer`` both use it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from rewards.similarity import psnr, ssim
@@ -81,6 +84,32 @@ class RewardConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def quality(self, ssim, psnr, clip_delta=None, lpips=None):
+        """The reward's quality terms (the module docstring's terminal reward without the budget term):
+
+            - ssim_weight * (1 - ssim) - psnr_weight * (1 - min(psnr, psnr_cap_db) / psnr_cap_db)
+            + clip_weight * clip_delta - lpips_weight * lpips
+
+        The one place this formula is written: ``RewardFunction.terminal`` / ``terminal_batch`` and
+        ``evaluation.grid_evaluation.QualityScorer`` all call it. Arguments are floats (a float comes
+        back) or per-image arrays of equal length (a float64 array comes back); ssim in [0, 1], psnr in
+        dB (inf for identical images), clip_delta in CLIP-score points (image's minus the reference's),
+        lpips >= 0. A term given as None is left out: the reward has no CLIP / LPIPS scorer.
+        Computed in float64, in the order written (the same bits for a float and a one-element array).
+        """
+        s, p = np.asarray(ssim, np.float64), np.asarray(psnr, np.float64)
+        q = -self.ssim_weight * (1.0 - s) - self.psnr_weight * (1.0 - np.minimum(p, self.psnr_cap_db) / self.psnr_cap_db)
+        if clip_delta is not None:
+            q = q + self.clip_weight * np.asarray(clip_delta, np.float64)
+        if lpips is not None:
+            q = q - self.lpips_weight * np.asarray(lpips, np.float64)
+        return float(q) if q.ndim == 0 else q
+
+    def budget_excess(self, used_fraction: float, budget: float | None = None) -> float:
+        """FLOPs fraction spent above the budget (``budget``, else ``flops_budget``; 0 without either)."""
+        budget = self.flops_budget if budget is None else budget
+        return 0.0 if budget is None else max(0.0, float(used_fraction) - budget)
+
 
 class RewardFunction:
     """Computes the reward terms; ``clip`` / ``lpips`` are needed only when their weights are > 0."""
@@ -102,28 +131,24 @@ class RewardFunction:
                  reference_clip: float | None = None, budget: float | None = None) -> tuple[float, dict]:
         """Quality and budget terms at the end of an episode; returns (reward, named terms).
         ``budget`` (fraction) overrides ``flops_budget`` for this episode (budget-conditioned agents)."""
-        c = self.config
-        budget = c.flops_budget if budget is None else budget
-        terms: dict = {}
-        reward = 0.0
         s = float(ssim(image, reference)[0])
         p = float(psnr(image, reference)[0])
-        terms.update(ssim=s, psnr=p)
-        reward -= c.ssim_weight * (1.0 - s)
-        reward -= c.psnr_weight * (1.0 - min(p, c.psnr_cap_db) / c.psnr_cap_db)
+        terms: dict = {"ssim": s, "psnr": p}
         if self.clip is not None:
             score = float(self.clip.score(image, [prompt])[0])
             ref = float(self.clip.score(reference, [prompt])[0]) if reference_clip is None else float(reference_clip)
             terms.update(clip_score=score, clip_reference=ref, clip_delta=score - ref)
-            reward += c.clip_weight * (score - ref)
         if self.lpips is not None:
-            lp = float(self.lpips(image, reference)[0])
-            terms["lpips"] = lp
-            reward -= c.lpips_weight * lp
-        excess = 0.0 if budget is None else max(0.0, used_fraction - budget)
-        terms.update(flops_fraction=float(used_fraction), budget_excess=excess, quality_reward=reward)
-        reward -= c.budget_penalty * excess
-        return float(reward), terms
+            terms["lpips"] = float(self.lpips(image, reference)[0])
+        return self._close(terms, used_fraction, budget)
+
+    def _close(self, terms: dict, used_fraction: float, budget: float | None) -> tuple[float, dict]:
+        """(reward, terms) of one episode from its measured terms: the quality terms, then the budget term."""
+        c = self.config
+        quality = c.quality(terms["ssim"], terms["psnr"], clip_delta=terms.get("clip_delta"), lpips=terms.get("lpips"))
+        excess = c.budget_excess(used_fraction, budget)
+        terms.update(flops_fraction=float(used_fraction), budget_excess=excess, quality_reward=quality)
+        return float(quality - c.budget_penalty * excess), terms
 
     def terminal_batch(self, images: torch.Tensor, references: torch.Tensor, prompts: list[str],
                        used_fractions: list[float], reference_clips: list[float] | None = None,
@@ -131,7 +156,6 @@ class RewardFunction:
         """``terminal`` for a batch, each metric computed once for all images (SSIM, PSNR, CLIP, LPIPS on
         the (B, 3, H, W) batch); one (reward, terms) per image (``budgets``: each episode's budget, or
         None). Equal to ``terminal`` image by image up to the metrics' batch-size rounding (~1e-7)."""
-        c = self.config
         B = images.shape[0]
         budgets = [None] * B if budgets is None else list(budgets)
         if not (references.shape[0] == len(prompts) == len(used_fractions) == B):
@@ -150,20 +174,10 @@ class RewardFunction:
         out = []
         for b in range(B):
             terms: dict = {"ssim": float(s_B[b]), "psnr": float(p_B[b])}
-            reward = 0.0
-            reward -= c.ssim_weight * (1.0 - terms["ssim"])
-            reward -= c.psnr_weight * (1.0 - min(terms["psnr"], c.psnr_cap_db) / c.psnr_cap_db)
             if clip_B is not None:
                 score, ref = float(clip_B[b]), float(ref_B[b])
                 terms.update(clip_score=score, clip_reference=ref, clip_delta=score - ref)
-                reward += c.clip_weight * (score - ref)
             if lp_B is not None:
                 terms["lpips"] = float(lp_B[b])
-                reward -= c.lpips_weight * terms["lpips"]
-            u = float(used_fractions[b])
-            budget = c.flops_budget if budgets[b] is None else budgets[b]
-            excess = 0.0 if budget is None else max(0.0, u - budget)
-            terms.update(flops_fraction=u, budget_excess=excess, quality_reward=reward)
-            reward -= c.budget_penalty * excess
-            out.append((float(reward), terms))
+            out.append(self._close(terms, used_fractions[b], budgets[b]))
         return out

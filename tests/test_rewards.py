@@ -110,6 +110,44 @@ def test_reward_formula_and_budget(clip):
     assert rf.step_reward(0.25) == 0.25
 
 
+def test_quality_formula_on_hand_numbers_floats_and_arrays():
+    """RewardConfig.quality, the one place the quality terms are written, on numbers worked out by hand:
+    SSIM 0.8, PSNR 20 dB (cap 30), CLIP +2 points, LPIPS 0.1 with weights 2, 0.5, 0.05, 0.3:
+    -2 * 0.2 - 0.5 * (1 - 20/30) + 0.05 * 2 - 0.3 * 0.1 = -0.4 - 1/6 + 0.1 - 0.03."""
+    import numpy as np
+
+    cfg = RewardConfig(ssim_weight=2.0, psnr_weight=0.5, clip_weight=0.05, lpips_weight=0.3, psnr_cap_db=30.0)
+    q = cfg.quality(0.8, 20.0, clip_delta=2.0, lpips=0.1)
+    assert isinstance(q, float) and q == pytest.approx(-0.4 - 1 / 6 + 0.1 - 0.03, rel=1e-12)
+    assert cfg.quality(1.0, math.inf, clip_delta=0.0, lpips=0.0) == 0.0  # identical images: exactly 0
+    assert cfg.quality(1.0, 45.0) == 0.0  # PSNR above the cap counts as perfect; no CLIP / LPIPS term given
+    assert cfg.quality(0.8, 20.0) == pytest.approx(-0.4 - 1 / 6, rel=1e-12)  # terms given as None are left out
+    s, p, d, lp = [0.8, 1.0, 0.3], [20.0, math.inf, 12.0], [2.0, 0.0, -5.0], [0.1, 0.0, 0.6]
+    arr = cfg.quality(np.asarray(s), np.asarray(p), clip_delta=np.asarray(d), lpips=np.asarray(lp))
+    assert arr.dtype == np.float64 and arr.shape == (3,)
+    assert arr.tolist() == [cfg.quality(*x) for x in zip(s, p, d, lp)]  # arrays and floats: the same arithmetic
+
+
+def test_terminal_quality_is_the_formula_of_its_terms_and_the_batch_agrees(clip):
+    """terminal and terminal_batch report the terms they measured and a quality_reward that is
+    RewardConfig.quality of them; the batch's terms equal one-image terminal's at float32 tolerance
+    (another batch shape: ~1e-7 rounding)."""
+    cfg = RewardConfig(flops_weight=1.0, clip_weight=0.05, ssim_weight=2.0, psnr_weight=0.5, flops_budget=0.3)
+    rf = RewardFunction(cfg, clip=clip)
+    refs = torch.cat([as_tensor(render_prompt(RED, 0)), as_tensor(render_prompt(BLUE, 1))])
+    imgs = (refs + 0.1 * torch.randn(refs.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+    batch = rf.terminal_batch(imgs, refs, [RED, BLUE], [0.4, 0.2], budgets=[None, 0.1])
+    for b, (prompt, used, budget) in enumerate(((RED, 0.4, None), (BLUE, 0.2, 0.1))):
+        r, t = rf.terminal(imgs[b:b + 1], refs[b:b + 1], prompt, used_fraction=used, budget=budget)
+        assert t["quality_reward"] == cfg.quality(t["ssim"], t["psnr"], clip_delta=t["clip_delta"])
+        assert r == t["quality_reward"] - 5.0 * (used - (0.3 if budget is None else budget))
+        rb, tb = batch[b]
+        assert tb["quality_reward"] == cfg.quality(tb["ssim"], tb["psnr"], clip_delta=tb["clip_delta"])
+        for key in ("ssim", "psnr", "clip_delta", "quality_reward"):
+            assert tb[key] == pytest.approx(t[key], rel=1e-5, abs=1e-6), key
+        assert rb == pytest.approx(r, rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.parametrize("bad, match", [({"ssim_weight": -1.0}, "ssim_weight"), ({"clip_weight": float("nan")}, "clip_weight"),
                                         ({"flops_budget": 1.5}, "flops_budget"), ({"flops_budget": 0.0}, "flops_budget")])
 def test_reward_config_rejects_bad_values(bad, match):

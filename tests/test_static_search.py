@@ -17,6 +17,11 @@ from generator.schedules import StaticSchedule
 
 PROMPTS = ["a large red solid circle in the centre on a plain gray background",
            "a small blue dotted star at the top left on a plain white background"]
+# One metric computed on different batch shapes (the grid scores a batch, ``RewardFunction.terminal`` one
+# image): CPU kernels sum in another order per batch shape, and which order depends on the CPU, so float32
+# results (CLIP features, SSIM / PSNR rounded to float32) differ by ~1e-7 relative (measured on another CPU:
+# QUALITY -0.86162809 vs -0.86162817). Exact equality is kept only where the computation is the same.
+FLOAT32 = dict(rel=1e-5, abs=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,7 @@ def test_grid_search_finds_the_known_optimum_under_the_real_flops_filter(gen):
     near = StaticSchedule((0, 0, 0, 0.0, 0.75, 1.0, 1.0), star.drop_uncond)
     assert res.best_grid_schedule == near and res.best_grid_quality == pytest.approx(-0.05)
     assert res.schedule == star and res.quality == pytest.approx(0.0, abs=1e-12)
-    assert res.quality >= max(objective(s) for s in fits)
+    assert max(fits, key=objective) == near  # the known optimum, found here without the search
     assert res.total_fraction <= target and res.transformer_fraction == schedule_fractions(gen, star)[0]
     assert res.transformer_fraction < res.total_fraction
 
@@ -105,7 +110,8 @@ def test_neighbours_move_ratios_skip_and_flags():
     assert ((0, 0, 0, 0.8, 1.0, 0.0, 0.5), d) in rat and ((0, 0, 0, 0.875, 1.0, 0.0, 0.5), d) in rat
     assert ((0, 0, 0, 0.75, 0.875, 0.0, 0.5), d) in rat and not any(n.ratios[4] == 0.95 for n in nb)  # 0.95 = a skip
     assert ((0, 0, 0, 0.75, 1.0, 0.0, 0.5), (False,) * 7) in rat       # CFG flag flipped back on
-    assert all(n.ratios[5] >= 0 for n in nb) and s not in nb
+    # scale 5 is at ratio 0: it moves up by each step only, or flips its CFG flag (never below 0, not kept as is)
+    assert sorted(n.ratios[5] for n in nb if n.ratios[5] != s.ratios[5]) == [0.05, 0.125] and s not in nb
     assert not any(n.drop_uncond[4] and n.ratios[4] >= 1.0 for n in nb)  # a skipped scale has no flag
     d4 = d[:4] + (True,) + d[5:]  # leaving a skip, also without the CFG branch (one move: it may be the only fit)
     assert ((0, 0, 0, 0.75, 0.875, 0.0, 0.5), d4) in rat
@@ -143,15 +149,19 @@ def test_quality_scorer_is_the_rewards_quality_term_and_is_cached(gen, tmp_path)
     imgs, state = gen.generate([p for p, _ in items], [s for _, s in items], schedule=sched)
     for i, (p, _) in enumerate(items):
         _, terms = rfn.terminal(imgs[i:i + 1], refs[i:i + 1], p, used_fraction=0.9)
-        assert res["quality"][i] == pytest.approx(terms["quality_reward"], abs=1e-9)  # no FLOPs / budget terms
-        assert res["ssim"][i] == pytest.approx(terms["ssim"], abs=1e-9)
+        assert res["quality"][i] == pytest.approx(terms["quality_reward"], **FLOAT32)  # no FLOPs / budget terms
+        assert res["ssim"][i] == pytest.approx(terms["ssim"], **FLOAT32)
+    # the reward on the same batch: the same metrics on the same batch shape, then one formula (RewardConfig.quality),
+    # so the same bits
+    batch_terms = [t for _, t in rfn.terminal_batch(imgs, refs, [p for p, _ in items], [0.9, 0.9])]
+    assert res["quality"].tolist() == [t["quality_reward"] for t in batch_terms]
     assert ev.generated == 1
     # evaluate_agent's rows: QUALITY from the metric suite's own values equals the scorer's
     from evaluation.metrics import MetricSuite
 
     suite_rows = MetricSuite(clip=rfn.clip, lpips=None).score(imgs, [p for p, _ in items], refs)
     from_suite = scorer.quality_of({m: [r[m] for r in suite_rows] for m in ("ssim", "psnr", "clip_score")}, slice(0, 2))
-    np.testing.assert_allclose(from_suite, res["quality"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(from_suite, res["quality"], rtol=FLOAT32["rel"], atol=FLOAT32["abs"])
     again = GridEvaluator(gen, items, [scorer], cache=GridCache(tmp_path, gen.fingerprint(), items, scorer.identity()))
     res2 = again.evaluate([sched])[sched]
     assert again.generated == 0 and np.array_equal(res2["quality"], res["quality"])  # a rerun generates nothing
