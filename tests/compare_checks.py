@@ -146,7 +146,8 @@ def check_static_baselines(generator, reward_fn, summary: dict, rows: dict[str, 
             pool = sorted(pool, key=lambda s: -float(np.nanmean(val_cache[schedule_key(s)]["quality"])))[:oracle_candidates]
         pools[label] = list(dict.fromkeys(pool + [best]))
     kinds = [m["kind"] for m in summary["methods"].values()]
-    assert kinds.count("best_static") == kinds.count("oracle") == len(searches)  # one of each per target
+    in_sample = [m for m in summary["methods"].values() if m["kind"] == "oracle" and m.get("oracle_kind", "oracle") == "oracle"]
+    assert kinds.count("best_static") == len(in_sample) == len(searches)  # one of each per target
     for name, m in summary["methods"].items():
         if m["kind"] not in ("best_static", "oracle"):
             continue
@@ -155,9 +156,29 @@ def check_static_baselines(generator, reward_fn, summary: dict, rows: dict[str, 
         check_rows_fit(generator, rows[name], total_budget=target)
         if m["kind"] == "best_static":
             assert all(schedule_of(r["ratios"]) == bests[label] for r in rows[name]), name
-        else:
+        elif m.get("oracle_kind", "oracle") == "oracle":
             assert m["oracle"]["candidates"] == len(pools[label]), name
             check_oracle(rows, name, pools[label], test_cache)
+        else:
+            assert m["oracle"]["candidates"] == len(pools[label]), name
+            check_per_item_oracle(rows, name, m["oracle_kind"], pools[label], test_cache)
+
+
+def check_per_item_oracle(rows: dict[str, list[dict]], oracle_name: str, kind: str, candidates: list[StaticSchedule],
+                          test_cache: dict) -> None:
+    """A cross-validated (``oracle_cv``) or per-image (``oracle_image``) oracle row: every item's schedule is a
+    candidate whose criterion, recomputed from the cached per-item QUALITY, is the best of the candidates'
+    (cv: the mean over the prompt's *other* items; image: the item's own value)."""
+    items = [(r["prompt"], int(r["seed"])) for r in rows["original"]]
+    assert [(r["prompt"], int(r["seed"])) for r in rows[oracle_name]] == items
+    keys = list(dict.fromkeys(schedule_key(s) for s in candidates))
+    for i, (p, _) in enumerate(items):
+        others = [j for j, (q, _) in enumerate(items) if q == p and j != i]
+        crit = ({k: float(np.mean(test_cache[k]["quality"][others])) for k in keys} if kind == "oracle_cv"
+                else {k: float(test_cache[k]["quality"][i]) for k in keys})
+        chosen = schedule_key(schedule_of(rows[oracle_name][i]["ratios"]))
+        assert chosen in crit, f"{oracle_name} used {chosen} on item {i}, not a candidate"
+        assert crit[chosen] == max(crit.values()), (oracle_name, i, chosen)
 
 
 def check_frontier(generator, summary: dict, cache_dir: Path, first: int, val_items: list[tuple[str, int]]) -> None:
