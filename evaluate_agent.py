@@ -47,9 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "branch dropped, plus skip)")
     c.add_argument("--refine-rounds", type=int, default=3, help="local refinement rounds after the grid (0 = grid only)")
     c.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=True,
-                   help="per-prompt oracle (evaluates every fitting grid schedule on the test items; the slowest part)")
+                   help="the three oracles: in-sample and cross-validated per prompt, and per image (evaluates the "
+                        "candidate grid schedules on the test items; the slowest part)")
     c.add_argument("--oracle-candidates", type=int, default=32, metavar="K",
-                   help="the oracle chooses, per test prompt, among the K grid schedules within each target that are "
+                   help="the oracles choose among the K grid schedules within each target that are "
                         "best on validation (plus the best static schedule); 0 = every grid schedule within the target")
     c.add_argument("--cache-dir", type=Path, default=Path("results") / "cache",
                    help="per-item results of static schedules, reused by reruns (keyed by generator, items, scorer)")
