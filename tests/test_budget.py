@@ -132,16 +132,6 @@ def test_bad_budgets_are_errors_naming_the_range(env):
             options={"budget": 0.3})
 
 
-@pytest.fixture(scope="module")
-def budget_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    args = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
-            "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress",
-            "--budget-range", "0.25", "0.6", "--allow-drop-unconditional", "--out", str(out), "--name", "b"]
-    assert train.main(args) == 0
-    return out / "b"
-
-
 def test_generate_with_a_budget_conditioned_agent_stays_within_the_budget(budget_run, tmp_path, capsys):
     import json
 

@@ -84,19 +84,6 @@ def test_statistics_helpers():
 # given as multiples of FastVAR's FLOPs, in agent_rows (needs FastVAR's fraction): both run before the first
 # "[   n s] generating" progress line. Without them, `--budgets 2` failed after ~25 s of images.
 
-@pytest.fixture(scope="module")
-def budget_run(tmp_path_factory):
-    """A short real budget-conditioned run (trained range [0.25, 0.6])."""
-    import train
-
-    out = tmp_path_factory.mktemp("runs")
-    args = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
-            "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress",
-            "--budget-range", "0.25", "0.6", "--allow-drop-unconditional", "--out", str(out), "--name", "b"]
-    assert train.main(args) == 0
-    return out / "b"
-
-
 def _progress_lines(err: str) -> list[str]:
     """The comparison's progress lines ("[     3 s] generating: ..."): none may come before an argument error."""
     import re

@@ -170,19 +170,6 @@ def test_new_grid_results_are_split_between_the_quality_cache_and_the_judges(tmp
 
 # ---- the command line -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def budget_run(tmp_path_factory):
-    """A short real budget-conditioned run (trained range [0.25, 0.6])."""
-    import train
-
-    out = tmp_path_factory.mktemp("runs")
-    args = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
-            "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress",
-            "--budget-range", "0.25", "0.6", "--allow-drop-unconditional", "--out", str(out), "--name", "b"]
-    assert train.main(args) == 0
-    return out / "b"
-
-
 def test_cli_tiny_run_writes_the_table_and_reads_the_caches_on_a_rerun(budget_run, tmp_path, capsys):
     from evaluation.iso_quality import main
 
