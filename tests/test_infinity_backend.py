@@ -12,7 +12,6 @@ for these tests only.
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
 import math
 import os
@@ -128,26 +127,10 @@ def test_bad_option_values(tmp_path, bad, match):
 # ---- equivalence with upstream (CPU, tiny random weights) -------------------------------------------
 
 def _flash_attn_stand_in() -> types.ModuleType:
-    """SDPA versions of the two flash_attn functions upstream calls (test scaffolding only)."""
-    m = types.ModuleType("flash_attn")
-    m.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None)
+    """SDPA versions of the two flash_attn functions upstream calls: the stand-in the direct loader installs."""
+    from infinity_backend.flash_attn_stand_in import stand_in_module
 
-    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, **kw):   # (B, L, H, c)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale)
-        return o.transpose(1, 2)
-
-    def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                        dropout_p=0.0, softmax_scale=None, **kw):   # q (Nq, H, c), kv (Nk, 2, H, c)
-        out = []
-        for i in range(len(cu_seqlens_q) - 1):
-            qi = q[int(cu_seqlens_q[i]):int(cu_seqlens_q[i + 1])].transpose(0, 1)
-            kvi = kv[int(cu_seqlens_k[i]):int(cu_seqlens_k[i + 1])]
-            o = F.scaled_dot_product_attention(qi, kvi[:, 0].transpose(0, 1), kvi[:, 1].transpose(0, 1), scale=softmax_scale)
-            out.append(o.transpose(0, 1))
-        return torch.cat(out, 0)
-
-    m.flash_attn_func, m.flash_attn_varlen_kvpacked_func = flash_attn_func, flash_attn_varlen_kvpacked_func
-    return m
+    return stand_in_module()
 
 
 class CharTokenizer:
