@@ -40,6 +40,7 @@ from evaluation.grid_evaluation import GridCache, GridEvaluator, QualityScorer, 
 from evaluation.scoreboard import DomainEval, TestPassScorer, check_items
 from evaluation.static_search import FlopsTable, grid_schedules, schedule_key
 from generator.schedules import FastVARSchedule, StaticSchedule, schedule_ratios
+from generator.weights_io import jsonable
 from rewards.stats import check_unique, clustered_paired
 
 #: FastVAR's transformer FLOPs and 0.8x, 0.6x of it (the scoreboard's budgets), then the near-lossless regime
@@ -430,17 +431,6 @@ def run_agreement(generator, reward_fn, domain: DomainEval, levers: Levers, sett
 
 # ---- outputs ----------------------------------------------------------------------------------------
 
-def _finite(x):
-    """JSON has no NaN: None instead, recursively."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def result_json(result: dict, settings: AgreementSettings, levers: Levers, generator_fingerprint: str) -> dict:
     """The JSON record: settings, levers, facts, every budget's summary and the figure's pairs (no images)."""
     pairs = [{"discordance": e["discordance"], "items": [list(it) for it in e["items"]],
@@ -448,7 +438,7 @@ def result_json(result: dict, settings: AgreementSettings, levers: Levers, gener
               "val_quality": [x["val_quality"] for x in e["shown"]],
               "val_attribute": [x["val_attribute"] for x in e["shown"]]} for e in result["examples"]]
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()}
-    return _finite({"what": "Kendall tau between the reward's QUALITY and DomainEval attribute accuracy over static grid "
+    return jsonable({"what": "Kendall tau between the reward's QUALITY and DomainEval attribute accuracy over static grid "
                             "schedules within each transformer-FLOPs budget (validation), and the DomainEval regret "
                             "(test) of choosing by QUALITY: judge's choice minus reward's choice, prompt-clustered",
                     "settings": cfg, "levers": levers.__dict__, "generator": generator_fingerprint,

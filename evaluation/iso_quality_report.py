@@ -8,7 +8,7 @@ import io
 import math
 from pathlib import Path
 
-from generator.weights_io import atomic_write_bytes, atomic_write_json
+from generator.weights_io import atomic_write_bytes, atomic_write_json, jsonable
 
 
 def _num(x, digits: int = 3) -> str:
@@ -113,19 +113,6 @@ def iso_plot(summary: dict, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def jsonable(x):
-    """``x`` with NumPy scalars as Python numbers and NaN / inf as None (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def write_iso_report(summary: dict, out: Path) -> str:

@@ -5,15 +5,13 @@ or corrupt judge weights exit 2 naming the file and the script that makes it."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 import judge as judge_package
-from generator.weights_io import WeightsError, read_metadata
+from generator.weights_io import WeightsError, jsonable, read_metadata
 from judge.domaineval import format_report, run_domaineval
 from judge.model import JUDGE_WEIGHTS, DomainJudge
 
@@ -79,14 +77,3 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def jsonable(x):
-    """``x`` with numpy scalars made Python numbers and non-finite floats made None (JSON has no NaN)."""
-    if isinstance(x, dict):
-        return {k: jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return x.item()
-    return x
