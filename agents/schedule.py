@@ -198,15 +198,17 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     cfg = read_run_config(run)
     if which not in ("best", "final"):
         raise ValueError(f"which must be 'best' or 'final', got {which!r}")
-    model_path = run / f"{which}_model.zip"
-    if not model_path.is_file():
-        raise RunError(f"{model_path} is missing (did training finish? checkpoints are in {run / 'checkpoints'})")
     layout = dict(cfg["observation_layout"], run=run.name)
     env_cfg = EnvConfig.from_dict(cfg["env"])
     check_layout(layout, generator)
     check_same_generator(cfg, generator, run)
     if clip is None and env_cfg.prompt_embedding_dim > 0:
         clip = make_clip(env_cfg)
+    if cfg["algo"] == "selector":
+        return _load_selector(run, generator, env_cfg, layout, clip, budget)
+    model_path = run / f"{which}_model.zip"
+    if not model_path.is_file():
+        raise RunError(f"{model_path} is missing (did training finish? checkpoints are in {run / 'checkpoints'})")
     guard = None
     if env_cfg.budget_range is None:
         if budget is not None:
@@ -234,3 +236,24 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     if cfg.get("hyperparams", {}).get("normalize_observations") and normalizer is None:
         raise RunError(f"{stats} is missing but the run normalised observations")
     return AgentSchedule(model, observer, ActionMapper(env_cfg), normalizer, layout, budget=budget, guard=guard)
+
+
+def _load_selector(run: Path, generator, env_cfg, layout: dict, clip, budget: float | None):
+    """A ``train.py --algo selector`` run as a schedule at ``budget`` (default: its largest trained budget is
+    not assumed: a budget is required, as for every budget-conditioned run)."""
+    from agents.selector import SELECTOR_FILE, SelectorSchedule, load_selectors, selector_for
+    from envs.observation import ObservationBuilder
+    from generator.weights_io import WeightsError
+
+    if budget is None:
+        lo, hi = env_cfg.budget_range
+        raise RunError(f"{run} is a selector trained at budgets {lo:g} .. {hi:g}: give a FLOPs budget (e.g. --budget)")
+    try:
+        selectors, _ = load_selectors(run / SELECTOR_FILE)
+        selector = selector_for(selectors, float(budget))
+    except (WeightsError, ValueError) as e:
+        raise RunError(f"{run}: {e}") from None
+    observer = ObservationBuilder(generator, layout["first_controllable_scale"], env_cfg.prompt_embedding_dim, clip,
+                                  budget_conditioned=False)
+    check_layout(layout, generator, observer.dim)
+    return SelectorSchedule(selector, observer, layout["first_controllable_scale"], label=f"selector:{run.name}")

@@ -1,0 +1,158 @@
+"""Build the static frontier (``envs.frontier.Frontier``) from one shared pool of grid schedules,
+ranked by QUALITY (the reward's quality terms) on the validation items compare mode searches on, with
+the static search's ``GridCache`` (so ``train.py`` and ``evaluate_agent.py`` never generate a schedule
+twice on the same items).
+
+The pool, all on the static search's grid (``evaluation.static_search.grid_schedules``: per
+controllable scale {0, .25, .5, .75} x {keep, drop CFG} + skip):
+
+- **exhaustive** where few schedules fit: every grid schedule with transformer FLOPs <= ``exhaustive_max``
+  (default 0.36, just above FastVAR's 0.347 on the embedded model: 230 of 6,561 schedules);
+- **greedy descent** from the unpruned schedule above that: each round evaluates the grid one-move
+  neighbours that prune more (``grid_moves``: one grid step more pruning, a skip, or dropping the CFG
+  branch at one scale) and moves to the one that loses the least quality per FLOP saved, until the
+  spend is within ``exhaustive_max``.
+
+The frontier is the pool's Pareto set (transformer FLOPs vs validation quality): for a budget b its
+schedule is the best pool schedule spending <= b. Between the exhaustive region and the unpruned
+schedule it covers only the descent's path and the schedules it looked at: it says so in its ``info``.
+No refinement off the grid: the residual agent's moves are grid steps relative to the frontier.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from envs.frontier import Frontier, FrontierEntry
+from evaluation.static_search import GRID_RATIOS, SKIP, FlopsTable, grid_schedules, guided_scales, pareto_frontier
+from generator.schedules import StaticSchedule
+
+
+@dataclass(frozen=True)
+class FrontierSettings:
+    """What the frontier is searched on (compare mode's default search items: 100 validation prompts x
+    seed 0) and how far the exhaustive region reaches (transformer FLOPs fraction)."""
+
+    val_source: str = "val"
+    val_prompts: int = 100
+    val_seeds: tuple[int, ...] = (0,)
+    exhaustive_max: float = 0.36
+    descent_rounds: int = 40
+    allow_drop: bool = True
+    batch_size: int = 100
+    cache_dir: Path | None = Path("results") / "cache"
+
+
+# ---- grid moves ---------------------------------------------------------------------------------------
+
+def grid_moves(schedule: StaticSchedule, first: int, guided: list[bool], grid: tuple[float, ...] = GRID_RATIOS,
+               allow_drop: bool = True, cheaper_only: bool = False) -> list[StaticSchedule]:
+    """The grid schedules one move away on one controllable scale: one grid step less or more pruning
+    (more from the last grid ratio = skip; less from a skip = the last grid ratio, CFG kept), flipping
+    the CFG-drop flag of a guided, non-skipped scale, and skip <-> run. ``cheaper_only``: only the
+    moves that prune more (more pruning, skip, dropping the CFG branch)."""
+    out = []
+    ratios, drops = list(schedule.ratios), list(schedule.drop_uncond)
+    for k in range(first, len(ratios)):
+        r, d = ratios[k], drops[k]
+        options = []
+        if r >= 1.0:
+            if not cheaper_only:
+                options.append((grid[-1], False))
+        else:
+            i = grid.index(r) if r in grid else None
+            if i is not None:
+                options.append((grid[i + 1], d) if i + 1 < len(grid) else (SKIP, False))
+                if i > 0 and not cheaper_only:
+                    options.append((grid[i - 1], d))
+            options.append((SKIP, False))
+            if allow_drop and guided[k] and (not d or not cheaper_only):
+                options.append((r, not d))
+        for nr, nd in options:
+            rr, dd = list(ratios), list(drops)
+            rr[k], dd[k] = nr, nd and nr < 1.0
+            s = StaticSchedule(tuple(rr), tuple(dd))
+            if s != schedule:
+                out.append(s)
+    return list(dict.fromkeys(out))
+
+
+def greedy_descent(start: StaticSchedule, floor: float, transformer: Callable[[StaticSchedule], float],
+                   mean_quality: Callable[[list[StaticSchedule]], dict], first: int, guided: list[bool],
+                   allow_drop: bool, rounds: int) -> list[StaticSchedule]:
+    """The path from ``start`` down to transformer FLOPs <= ``floor``: each round, of the cheaper grid
+    neighbours, the one losing the least quality per FLOP saved. Returns every schedule evaluated."""
+    seen = dict(mean_quality([start]))
+    cur = start
+    for _ in range(rounds):
+        if transformer(cur) <= floor + 1e-12:
+            break
+        cands = grid_moves(cur, first, guided, allow_drop=allow_drop, cheaper_only=True)
+        if not cands:
+            break
+        seen.update(mean_quality([c for c in cands if c not in seen]))
+        t0, q0 = transformer(cur), seen[cur]
+        cur = min(cands, key=lambda c: ((q0 - seen[c]) / max(t0 - transformer(c), 1e-9), -seen[c]))
+    return list(seen)
+
+
+# ---- the frontier -------------------------------------------------------------------------------------
+
+def val_items(settings: FrontierSettings, grammar: bool = True) -> list[tuple[str, int]]:
+    from domain import load_prompts
+    from evaluation.scoreboard import check_items
+
+    prompts = load_prompts(settings.val_source)[:settings.val_prompts]
+    return check_items(prompts, list(settings.val_seeds), f"--frontier-prompts {settings.val_source}", grammar)
+
+
+def build_frontier(generator, reward_fn, first: int, settings: FrontierSettings = FrontierSettings(),
+                   log: Callable[[str], None] = print) -> tuple[Frontier, dict]:
+    """The frontier (module docstring) and every pool schedule's validation quality ({schedule: quality})."""
+    from evaluation.scoreboard import _validation_pass
+
+    t0 = time.time()
+    flops = FlopsTable(generator)
+    guided = guided_scales(generator)
+    items = val_items(settings, grammar=getattr(generator, "backend", "") == "tiny")
+    grid = grid_schedules(generator, first, allow_drop=settings.allow_drop)
+    exhaustive = [s for s in grid if flops.transformer(s) <= settings.exhaustive_max + 1e-12]
+    log(f"frontier: {len(exhaustive)} of {len(grid)} grid schedules spend <= {settings.exhaustive_max:g} of the "
+        f"transformer FLOPs (all evaluated); a greedy descent from the unpruned schedule covers the rest "
+        f"({len(items)} validation items, cache {settings.cache_dir})")
+    val_eval, quality = _validation_pass(generator, exhaustive, items, reward_fn, settings.cache_dir, settings.batch_size)
+
+    def mean_quality(schedules: list[StaticSchedule]) -> dict:
+        new = [s for s in dict.fromkeys(schedules) if s not in quality]
+        if new:
+            quality.update({s: float(q) for s, q in zip(new, val_eval.mean_quality(new))})
+        return {s: quality[s] for s in schedules}
+
+    unpruned = StaticSchedule((0.0,) * generator.num_scales)
+    path = greedy_descent(unpruned, settings.exhaustive_max, flops.transformer, mean_quality, first, guided,
+                          settings.allow_drop, settings.descent_rounds)
+    points = pareto_frontier([(s, flops.transformer(s), q) for s, q in quality.items()])
+    entries = tuple(FrontierEntry(t, s, t, flops.total(s), q) for s, t, q in points)
+    info = {"val_items": f"{settings.val_source}: {len(dict.fromkeys(p for p, _ in items))} prompts x seeds "
+                         f"{list(settings.val_seeds)}",
+            "pool": len(quality), "exhaustive_max": settings.exhaustive_max, "exhaustive": len(exhaustive),
+            "descent_evaluated": len(path), "allow_drop": settings.allow_drop, "first_controllable_scale": first,
+            "covers": f"every grid schedule <= {settings.exhaustive_max:g} of the transformer FLOPs; above that the "
+                      "greedy descent's path from the unpruned schedule and its cheaper neighbours",
+            "seconds": round(time.time() - t0, 1)}
+    frontier = Frontier(entries, generator.num_scales, first, generator.fingerprint(), info)
+    log(f"frontier: {len(entries)} Pareto schedules from a pool of {len(quality)} ({info['seconds']} s)")
+    return frontier, quality
+
+
+def neighbourhood(frontier: Frontier, budget: float, flops: FlopsTable, guided: list[bool],
+                  allow_drop: bool = True) -> tuple[StaticSchedule, list[StaticSchedule]]:
+    """The frontier schedule for ``budget`` and its grid one-move neighbours that fit the budget: what a
+    residual policy making one move can choose from."""
+    base = frontier.schedule_for(budget)
+    near = [s for s in grid_moves(base, frontier.first_controllable, guided, allow_drop=allow_drop)
+            if flops.transformer(s) <= budget + 1e-9]
+    return base, near

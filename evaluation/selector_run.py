@@ -1,0 +1,98 @@
+"""``train.py --algo selector``: the frontier (built, or read from a frontier.json), the selector fitted on
+training prompts with its margin on validation (``evaluation.selector_fit``), and a run directory that
+``generate.py --agent`` and ``evaluate_agent.py`` load like any trained agent:
+
+    RUN/config.json          algo "selector", the env config (its budget range = the trained budgets),
+                             the observation layout, the generator's fingerprint, the settings
+    RUN/frontier.json        the static frontier it falls back to
+    RUN/selector.safetensors the candidates, gain models and margins
+    RUN/summary.json         the fit: per budget the validation gain, deviation rate, chosen margin
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from generator.weights_io import atomic_write_json
+
+
+def default_selector_budgets(generator) -> tuple[float, ...]:
+    """FastVAR's transformer FLOPs fraction, 0.8x and 0.6x of it: the scoreboard's three budgets."""
+    from generator.schedules import FastVARSchedule, schedule_ratios
+
+    fv = float(generator.flops_fraction(schedule_ratios(FastVARSchedule(), generator.num_scales)))
+    return (fv, 0.8 * fv, 0.6 * fv)
+
+
+def obtain_frontier(source: str, generator, reward_fn, first: int, allow_drop: bool, cache_dir: Path | None,
+                    log: Callable[[str], None]):
+    """``source``: 'auto' (build it, sharing the static search's cache) or a frontier.json path.
+    Returns (frontier, {schedule: validation quality} of its pool, or of its entries when read)."""
+    from envs.frontier import Frontier
+    from evaluation.frontier_build import FrontierSettings, build_frontier
+
+    if source == "auto":
+        return build_frontier(generator, reward_fn, first, FrontierSettings(allow_drop=allow_drop, cache_dir=cache_dir),
+                              log=log)
+    frontier = Frontier.load(source)
+    frontier.check_generator(generator)
+    if frontier.first_controllable != first:
+        raise ValueError(f"frontier {source} controls scales from {frontier.first_controllable}, this run from {first}")
+    log(f"frontier: read {source} ({len(frontier.entries)} schedules)")
+    return frontier, {e.schedule: e.val_quality for e in frontier.entries}
+
+
+def train_selector(run: Path, env_cfg, settings, frontier_source: str, command: list[str],
+                   log: Callable[[str], None] = print) -> dict:
+    """Everything ``--algo selector`` does (module docstring); returns summary.json's content."""
+    from agents.selector import SELECTOR_FILE, save_selectors
+    from domain import load_prompts
+    from envs.factory import make_clip, make_generator, make_lpips
+    from envs.observation import ObservationBuilder
+    from evaluation.frontier_build import FrontierSettings, val_items
+    from evaluation.scoreboard import check_items
+    from evaluation.selector_fit import fit_selectors
+    from rewards import RewardFunction
+
+    t0 = time.time()
+    generator = make_generator(env_cfg)
+    first = max(0, generator.num_scales - env_cfg.num_controllable) if env_cfg.first_controllable_scale is None \
+        else env_cfg.first_controllable_scale
+    r = env_cfg.reward
+    clip = make_clip(env_cfg) if (r.clip_weight > 0 or env_cfg.prompt_embedding_dim > 0) else None
+    reward_fn = RewardFunction(r, clip=clip if r.clip_weight > 0 else None,
+                               lpips=make_lpips(env_cfg) if r.lpips_weight > 0 else None)
+    grammar = env_cfg.generator == "tiny"
+    frontier, pool = obtain_frontier(frontier_source, generator, reward_fn, first, env_cfg.allow_drop_unconditional,
+                                     settings.cache_dir, log)
+    t_frontier = time.time() - t0
+    run.mkdir(parents=True, exist_ok=False)
+    frontier.save(run / "frontier.json", tuple(generator.scale_widths))
+    observer = ObservationBuilder(generator, first, env_cfg.prompt_embedding_dim, clip, budget_conditioned=False)
+    train = check_items(load_prompts(settings.train_source)[:settings.train_prompts], list(settings.train_seeds),
+                        f"--train-prompts {settings.train_source}", grammar)
+    val = val_items(FrontierSettings(cache_dir=settings.cache_dir), grammar)
+    selectors, report = fit_selectors(generator, reward_fn, observer, frontier, pool, val, train, settings, log)
+    budgets = sorted(s.budget for s in selectors)
+    env_cfg.budget_range = (budgets[0], budgets[-1])
+    layout = {"num_scales": generator.num_scales, "scale_widths": list(generator.scale_widths),
+              "first_controllable_scale": first, "observation_dim": observer.dim, "action_mode": "selector",
+              "allow_drop_unconditional": env_cfg.allow_drop_unconditional,
+              "prompt_embedding_dim": env_cfg.prompt_embedding_dim, "backend": generator.backend,
+              "budget_range": list(env_cfg.budget_range)}
+    atomic_write_json(run / "config.json", {"algo": "selector", "command": command, "env": env_cfg.to_dict(),
+                                            "observation_layout": layout, "generator_fingerprint": generator.fingerprint(),
+                                            "selector": {k: (list(v) if isinstance(v, tuple) else
+                                                             str(v) if isinstance(v, Path) else v)
+                                                         for k, v in vars(settings).items()}})
+    save_selectors(run / SELECTOR_FILE, selectors, {"fit": report})
+    summary = {"run": str(run), "algo": "selector", "wall_clock_s": round(time.time() - t0, 1),
+               "breakdown_s": {"frontier": round(t_frontier, 1), "fit": report["seconds"]}, "fit": report,
+               "frontier": frontier.info,
+               "validation_note": "validation gains are of the setting chosen on these same validation items "
+                                  "(selection-biased upwards); test figures come only from `python evaluate_agent.py`"}
+    atomic_write_json(run / "summary.json", summary)
+    log(f"selector run {run}: {summary['wall_clock_s']} s (frontier {t_frontier:.0f} s, fit {report['seconds']} s)")
+    return summary
