@@ -201,6 +201,10 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     model_path = run / f"{which}_model.zip"
     if not model_path.is_file():
         raise RunError(f"{model_path} is missing (did training finish? checkpoints are in {run / 'checkpoints'})")
+    if cfg.get("residual"):  # moves relative to the run's frontier (agents.residual_schedule)
+        from agents.residual_schedule import load_residual_schedule
+
+        return load_residual_schedule(run, cfg, generator, which, clip=clip, budget=budget)
     layout = dict(cfg["observation_layout"], run=run.name)
     env_cfg = EnvConfig.from_dict(cfg["env"])
     check_layout(layout, generator)
@@ -225,6 +229,13 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     observer = ObservationBuilder(generator, layout["first_controllable_scale"], env_cfg.prompt_embedding_dim, clip,
                                   budget_conditioned=env_cfg.budget_range is not None)
     check_layout(layout, generator, observer.dim)
+    model, normalizer = load_model_and_normalizer(run, cfg, which)
+    return AgentSchedule(model, observer, ActionMapper(env_cfg), normalizer, layout, budget=budget, guard=guard)
+
+
+def load_model_and_normalizer(run: Path, cfg: dict, which: str):
+    """(the run's SB3 model ``which`` on the CPU, its observation normaliser or None)."""
+    model_path = run / f"{which}_model.zip"
     try:
         model = algo_class(cfg["algo"]).load(str(model_path), device="cpu")
     except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError) as e:
@@ -233,4 +244,4 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     normalizer = ObsNormalizer(stats) if stats.is_file() else None
     if cfg.get("hyperparams", {}).get("normalize_observations") and normalizer is None:
         raise RunError(f"{stats} is missing but the run normalised observations")
-    return AgentSchedule(model, observer, ActionMapper(env_cfg), normalizer, layout, budget=budget, guard=guard)
+    return model, normalizer

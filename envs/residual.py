@@ -114,7 +114,8 @@ class ResidualPruneEnv(VarPruneEnv):
         self._schedule = None
         super().__init__(config, render_mode=render_mode, **kwargs)
         self.guard = None  # the masks keep every episode within its budget: nothing rewrites an action
-        self.core = ResidualCore(self.generator, as_frontier(frontier), self.first_controllable)
+        self.core = ResidualCore(self.generator, as_frontier(frontier), self.first_controllable,
+                                 allow_drop=self.config.allow_drop_unconditional)
         check_residual_setup(self.config, self.core, reward_mode)
         self.reward_mode = reward_mode
         self.pairing = FrontierPairing(self.core, self.reward_fn, frontier_cache)

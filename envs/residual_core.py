@@ -15,7 +15,7 @@ The moves (``MOVES``, the action index is the position):
 | 0 keep | the frontier's decision | never (only the budget can mask it, and it cannot: see below) |
 | 1 less pruning | the next ladder value below the frontier's ratio (off-grid ratios such as 0.825 go to the grid value below, 0.75); from a skip: 0.75 with the frontier's CFG flag | the ratio is 0 |
 | 2 more pruning | the next ladder value above (0.125 -> 0.25; 0.75 or above -> skip) | the scale is skipped |
-| 3 flip CFG drop | the frontier's ratio, the drop flag flipped | the scale is skipped, or guidance does not run the unconditional branch there |
+| 3 flip CFG drop | the frontier's ratio, the drop flag flipped | the scale is skipped, guidance does not run the unconditional branch there, or the agent has no CFG-drop lever (``allow_drop_unconditional`` off) |
 | 4 skip <-> run | a running scale is skipped; a skipped one runs at 0.75 with the frontier's CFG flag | never |
 
 A move is also masked when, after it, the frontier's remaining decisions (the later scales as the frontier
@@ -80,10 +80,11 @@ class ResidualCore:
     masks, and the extra observation entries.
 
     generator: the generator the frontier was searched on (checked: scales, model fingerprint, the
-    first controllable scale, and every entry's schedule fits its budget on it).
+    first controllable scale, and every entry's schedule fits its budget on it). allow_drop: False
+    makes move 3 (flip CFG drop) invalid everywhere (an agent without the CFG-drop lever).
     """
 
-    def __init__(self, generator, frontier, first_controllable: int) -> None:
+    def __init__(self, generator, frontier, first_controllable: int, allow_drop: bool = True) -> None:
         from envs.frontier import FrontierError
 
         frontier.check_generator(generator)
@@ -91,6 +92,7 @@ class ResidualCore:
             raise FrontierError(f"frontier controls scales from {frontier.first_controllable}, the env from "
                                 f"{first_controllable} (--num-controllable must match the frontier's)")
         self.generator, self.frontier, self.first_controllable = generator, frontier, first_controllable
+        self.allow_drop = bool(allow_drop)
         self.num_scales = generator.num_scales
         self.guided = [bool(generator.uses_unconditional(k)) for k in range(self.num_scales)]
         self.flops_full = float(generator.flops_full())
@@ -123,6 +125,8 @@ class ResidualCore:
     def decision(self, schedule, k: int, move: int) -> tuple[float, bool] | None:
         """Move ``move``'s decision at scale k (None: invalid at this edge, before any budget check)."""
         r, d = self.frontier_decision(schedule, k)
+        if move == 3 and not self.allow_drop:
+            return None
         return apply_move(r, d, move, self.guided[k])
 
     def frontier_spent(self, schedule, k: int) -> float:
