@@ -227,7 +227,7 @@ def plan_new_run(args) -> RunPlan:
     run.mkdir(parents=True)
     residual = None
     if frontier is not None:  # the run keeps its own copy: what it trained on, and what loading it uses
-        from agents.residual_schedule import FRONTIER_FILE
+        from envs.residual import FRONTIER_FILE
 
         import shutil
 

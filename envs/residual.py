@@ -13,6 +13,9 @@ from envs.residual_core import MOVES, N_MOVES, ResidualCore, check_move
 from envs.residual_pairing import REWARD_MODES, FrontierPairing, residual_outcome
 from envs.var_prune import VarPruneEnv
 
+#: a residual run's copy of its frontier, in the run directory
+FRONTIER_FILE = "frontier.json"
+
 
 def as_frontier(frontier):
     """A ``Frontier``, or one loaded from a path to a frontier.json."""

@@ -1,7 +1,7 @@
 """The residual agent's moves relative to the static frontier, their masks, and its extra observation.
 
 Shared by ``envs.residual.ResidualPruneEnv`` (one image), ``envs.residual_batched.BatchedResidualEnv``
-(a batch in lockstep) and the trained residual agent as a schedule (``agents.residual_schedule``), so
+(a batch in lockstep) and the trained residual agent as a schedule (``agents.schedule.ResidualAgentSchedule``), so
 that the three decide, mask and observe alike.
 
 A frontier decision at a scale is ``(ratio, drop)``: ``ratio < 1`` runs the scale pruning that fraction
