@@ -68,8 +68,8 @@ class ResidualPruneEnv(VarPruneEnv):
     ``Discrete(5)``, relative to the frontier's (ratio, CFG drop) at this scale, on the ladder 0, 0.25,
     0.5, 0.75, skip (``envs.residual_core.GRID_RATIOS``, the static search's grid):
     0 keep; 1 one step less pruning (from 0: invalid; from a skip: 0.75); 2 one step more pruning
-    (from 0.75 or above: skip; on a skip: invalid); 3 flip the CFG drop (invalid on a skip or where
-    guidance runs no unconditional branch); 4 skip <-> run (a skip runs at 0.75 with the frontier's CFG
+    (from 0.75 or above: skip; on a skip: invalid); 3 flip the CFG drop (invalid on a skip, where
+    guidance runs no unconditional branch, and everywhere without ``allow_drop_unconditional``); 4 skip <-> run (a skip runs at 0.75 with the frontier's CFG
     flag). Off-grid frontier ratios (0.125, 0.825) step to the neighbouring grid values. The full table
     is ``envs.residual_core``'s docstring.
 
