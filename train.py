@@ -3,6 +3,7 @@
     python train.py                               # PPO on the embedded default, ~15 min on 2 CPU cores
     python train.py --algo dqn --flops-weight 2   # discrete ratio grid, FLOPs weighted higher
     python train.py --resume runs/ppo_s0          # continue an interrupted run
+    python train.py --algo ppo-residual --frontier frontier.json   # moves relative to the static frontier
 
 Leaves runs/<name>/ with final_model.zip, best_model.zip (best mean reward on validation
 prompts), *_obs_stats.json (observation normalisation), config.json (everything resolved),
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from agents.run_files import save_final_models, summarize, unique_run_dir
 from agents.schedule import RunError
-from agents.training import (RunPlan, is_worker_error, learn, make_callbacks, prepare_model, prepare_references,
-                             resume_plan)
+from agents.training import (RunPlan, is_worker_error, learn, load_frontier, make_callbacks, prepare_model,
+                             prepare_references, residual_envs_arg, resume_plan)
 from agents.training_envs import build_training_envs
 
 DEFAULT_OUT = Path("runs")
@@ -67,6 +68,12 @@ def _add_run_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="parent directory of runs")
     ap.add_argument("--name", default=None, help="run name (default <algo>_s<seed>, suffixed if taken)")
     ap.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    ap.add_argument("--frontier", default=None, metavar="PATH",
+                    help="--algo ppo-residual: the static frontier (frontier.json) whose schedule the agent moves away "
+                         "from; copied into the run directory")
+    ap.add_argument("--reward-mode", default="paired", choices=("paired", "absolute"),
+                    help="--algo ppo-residual: paired = quality minus the frontier's on the same prompt and seed (CLIP "
+                         "term of the difference capped at 0); absolute = quality alone")
 
 
 def _add_env_args(ap: argparse.ArgumentParser) -> None:
@@ -144,6 +151,14 @@ def check_args(args) -> None:
         raise ValueError("--generator infinity needs --infinity-options FILE (JSON of InfinityOptions; see README)")
     if args.infinity_options is not None and not Path(args.infinity_options).is_file():
         raise ValueError(f"--infinity-options file {args.infinity_options} does not exist")
+    from agents.algos import RESIDUAL_ALGOS
+
+    if args.resume is None and args.algo in RESIDUAL_ALGOS and args.frontier is None:
+        raise ValueError(f"--algo {args.algo} needs --frontier PATH (a frontier.json: per budget, the best static schedule)")
+    if args.frontier is not None and args.algo not in RESIDUAL_ALGOS:
+        raise ValueError(f"--frontier is for --algo {' / '.join(RESIDUAL_ALGOS)}, not {args.algo}")
+    if args.algo in RESIDUAL_ALGOS and args.workers is not None:
+        raise ValueError(f"--algo {args.algo} does not run in Ray workers yet: drop --workers")
 
 
 def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
@@ -203,10 +218,23 @@ def plan_new_run(args) -> RunPlan:
         env_cfg.reference_cache_dir = str(args.reference_cache)
     total = int(hp["total_timesteps"]) if args.total_timesteps is None else args.total_timesteps
     per_env_hyperparams(args.algo, hp, args.n_envs)  # a bad --n-envs fails here, before anything is written
+    frontier = None
+    if args.frontier is not None:
+        if env_cfg.budget_range is None:
+            raise ValueError("--algo ppo-residual is budget-conditioned: give --budget-range (not --fixed-budget)")
+        frontier = load_frontier(args.frontier)
     run = unique_run_dir(args.out, args.name or f"{args.algo}_s{args.seed}")
     run.mkdir(parents=True)
+    residual = None
+    if frontier is not None:  # the run keeps its own copy: what it trained on, and what loading it uses
+        from envs.residual import FRONTIER_FILE
+
+        import shutil
+
+        shutil.copyfile(args.frontier, run / FRONTIER_FILE)
+        residual = {"frontier": FRONTIER_FILE, "reward_mode": args.reward_mode, "source": str(args.frontier)}
     return RunPlan(run, args.algo, hp, args.seed, env_cfg, total, args.n_envs, args.vec_env, args.workers,
-                   args.eval_freq, args.checkpoint_freq, args.val_prompts, args.eval_episodes)
+                   args.eval_freq, args.checkpoint_freq, args.val_prompts, args.eval_episodes, residual=residual)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from stable_baselines3.common.utils import set_random_seed
 
+    from envs.frontier import FrontierError
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.time()
     try:
@@ -232,7 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         envs = build_training_envs(plan.env_cfg, val_prompts=plan.val_prompts, eval_episodes=plan.eval_episodes,
                                    n_envs=plan.n_envs, vec_env=plan.vec_env, workers=plan.workers, seed=plan.seed,
-                                   normalize_obs=bool(plan.hp.get("normalize_observations", True)))
+                                   normalize_obs=bool(plan.hp.get("normalize_observations", True)),
+                                   residual=residual_envs_arg(plan))
+    except FrontierError as e:  # the frontier does not fit this generator or budget range
+        if not plan.resumed:
+            import shutil
+
+            shutil.rmtree(plan.run, ignore_errors=True)
+        return _error(e, 2)
     except Exception as e:
         if not is_worker_error(e):
             raise

@@ -10,9 +10,14 @@ import numpy as np
 import yaml
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
-ALGOS = ("ppo", "a2c", "sac", "td3", "ddpg", "dqn")
+ALGOS = ("ppo", "ppo-gaussian", "ppo-residual", "a2c", "sac", "td3", "ddpg", "dqn")
+#: names that read another algorithm's YAML: ppo-gaussian is ppo (the Gaussian policy over ratios)
+ALIASES = {"ppo-gaussian": "ppo"}
+#: algorithms whose env is the residual one (moves relative to the static frontier, action masks)
+RESIDUAL_ALGOS = ("ppo-residual",)
 # keys of the YAML files that are ours, not SB3 constructor arguments
-META_KEYS = ("total_timesteps", "normalize_observations", "action_mode", "action_noise_std", "policy")
+META_KEYS = ("total_timesteps", "normalize_observations", "action_mode", "action_noise_std", "policy",
+             "keep_probability")
 
 
 def algo_class(name: str):
@@ -20,7 +25,12 @@ def algo_class(name: str):
 
     if name not in ALGOS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGOS)}")
-    return {"ppo": sb3.PPO, "a2c": sb3.A2C, "sac": sb3.SAC, "td3": sb3.TD3, "ddpg": sb3.DDPG, "dqn": sb3.DQN}[name]
+    if name == "ppo-residual":
+        from sb3_contrib import MaskablePPO
+
+        return MaskablePPO
+    return {"ppo": sb3.PPO, "a2c": sb3.A2C, "sac": sb3.SAC, "td3": sb3.TD3, "ddpg": sb3.DDPG,
+            "dqn": sb3.DQN}[ALIASES.get(name, name)]
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -35,7 +45,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_hyperparams(algo: str, overrides: list[str] | None = None) -> dict:
-    path = HYPERPARAMS_DIR / f"{algo}.yml"
+    path = HYPERPARAMS_DIR / f"{ALIASES.get(algo, algo)}.yml"
     if algo not in ALGOS:
         raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
     hp = yaml.safe_load(path.read_text())
@@ -58,8 +68,34 @@ def build_model(algo: str, hp: dict, env, seed: int, tensorboard_log: str | None
 
         dim = env.action_space.shape[0]
         kwargs["action_noise"] = NormalActionNoise(np.zeros(dim), noise_std * np.ones(dim))
-    return cls(hp.get("policy", "MlpPolicy"), env, seed=seed, tensorboard_log=tensorboard_log, device=device,
-               verbose=0, **kwargs)
+    model = cls(hp.get("policy", "MlpPolicy"), env, seed=seed, tensorboard_log=tensorboard_log, device=device,
+                verbose=0, **kwargs)
+    if algo in RESIDUAL_ALGOS:
+        init_keep_bias(model, float(hp.get("keep_probability", KEEP_PROBABILITY)))
+    return model
+
+
+#: the residual policy's initial probability of "keep" (move 0)
+KEEP_PROBABILITY = 0.8
+
+
+def init_keep_bias(model, keep: float) -> None:
+    """Start a discrete residual policy near the frontier without pinning it there: set the action
+    net's bias to log(keep) for move 0 and log((1 - keep) / (n - 1)) for each other move, so that
+    softmax(bias) = (keep, (1 - keep) / (n - 1), ...) exactly. The logits add the action net's
+    weights times the last hidden layer; SB3 initialises those weights orthogonally with gain 0.01,
+    so at the start keep's probability is ``keep`` up to a few hundredths (before the masks, which
+    renormalise over the allowed moves and so only raise it)."""
+    import torch
+
+    if not 0.0 < keep < 1.0:
+        raise ValueError(f"keep_probability must be in (0, 1), got {keep!r}")
+    bias = model.policy.action_net.bias
+    n = bias.shape[0]
+    probs = torch.full((n,), (1.0 - keep) / (n - 1), dtype=bias.dtype)
+    probs[0] = keep
+    with torch.no_grad():
+        bias.copy_(torch.log(probs))
 
 
 def per_env_hyperparams(algo: str, hp: dict, n_envs: int) -> dict:

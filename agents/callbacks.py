@@ -78,6 +78,17 @@ class PruningEvalCallback(EvalCallback):
         return cont
 
 
+def maskable_eval_callback_class():
+    """``PruningEvalCallback`` evaluating with action masks (sb3-contrib's ``MaskableEvalCallback``: the
+    policy's masked argmax, masks from ``env_method("action_masks")``), for the residual agent."""
+    from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
+
+    class MaskablePruningEvalCallback(PruningEvalCallback, MaskableEvalCallback):
+        pass
+
+    return MaskablePruningEvalCallback
+
+
 class ResumableCheckpoint(BaseCallback):
     """Every ``save_freq`` steps: model zip, observation stats (JSON) and, for off-policy
     algorithms, the replay buffer, written to temp names and renamed (a kill never leaves a

@@ -67,6 +67,10 @@ def _validation_note(run: Path, evaluations: int) -> str:
         note += (f"; the agent's validation episodes have budgets spread over [{budget_range[0]:g}, {budget_range[1]:g}] "
                  "while FastVAR runs at its own FLOPs, so the two are not at matched FLOPs (evaluate_agent.py "
                  "compares them at matched budgets)")
+    residual = json.loads(cfg_path.read_text()).get("residual") if cfg_path.is_file() else None
+    if residual and residual.get("reward_mode") == "paired":
+        note += ("; the residual agent's reward is its quality minus the frontier schedule's on the same image seed "
+                 "(0 = the frontier's quality), FastVAR's is its quality alone: the two rewards are not on one scale")
     return note
 
 

@@ -3,6 +3,7 @@
     schedule = load_agent_schedule("runs/ppo_seed0", generator)
     images, state = generator.generate(prompts, seeds, schedule=schedule)
 
+A residual run (``ppo-residual``) loads as a ``ResidualAgentSchedule`` (same protocol).
 ``AgentSchedule.get_pruning_ratio(scale, num_scales)`` is the user's hook signature (>= 1.0 skips),
 for code that calls exactly that; bind the current generation state first with ``bind(state)``.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+
+import numpy as np
 
 from agents.algos import algo_class
 from agents.normalization import ObsNormalizer
@@ -198,17 +201,19 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     cfg = read_run_config(run)
     if which not in ("best", "final"):
         raise ValueError(f"which must be 'best' or 'final', got {which!r}")
+    if cfg["algo"] == "selector":  # no SB3 model: candidates and gain models (agents.selector)
+        return _load_selector(run, cfg, generator, clip, budget)
+    model_path = run / f"{which}_model.zip"
+    if not model_path.is_file():
+        raise RunError(f"{model_path} is missing (did training finish? checkpoints are in {run / 'checkpoints'})")
+    if cfg.get("residual"):  # moves relative to the run's frontier (ResidualAgentSchedule, below)
+        return load_residual_schedule(run, cfg, generator, which, clip=clip, budget=budget)
     layout = dict(cfg["observation_layout"], run=run.name)
     env_cfg = EnvConfig.from_dict(cfg["env"])
     check_layout(layout, generator)
     check_same_generator(cfg, generator, run)
     if clip is None and env_cfg.prompt_embedding_dim > 0:
         clip = make_clip(env_cfg)
-    if cfg["algo"] == "selector":
-        return _load_selector(run, generator, env_cfg, layout, clip, budget)
-    model_path = run / f"{which}_model.zip"
-    if not model_path.is_file():
-        raise RunError(f"{model_path} is missing (did training finish? checkpoints are in {run / 'checkpoints'})")
     guard = None
     if env_cfg.budget_range is None:
         if budget is not None:
@@ -227,6 +232,13 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     observer = ObservationBuilder(generator, layout["first_controllable_scale"], env_cfg.prompt_embedding_dim, clip,
                                   budget_conditioned=env_cfg.budget_range is not None)
     check_layout(layout, generator, observer.dim)
+    model, normalizer = load_model_and_normalizer(run, cfg, which)
+    return AgentSchedule(model, observer, ActionMapper(env_cfg), normalizer, layout, budget=budget, guard=guard)
+
+
+def load_model_and_normalizer(run: Path, cfg: dict, which: str):
+    """(the run's SB3 model ``which`` on the CPU, its observation normaliser or None)."""
+    model_path = run / f"{which}_model.zip"
     try:
         model = algo_class(cfg["algo"]).load(str(model_path), device="cpu")
     except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError) as e:
@@ -235,24 +247,111 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     normalizer = ObsNormalizer(stats) if stats.is_file() else None
     if cfg.get("hyperparams", {}).get("normalize_observations") and normalizer is None:
         raise RunError(f"{stats} is missing but the run normalised observations")
-    return AgentSchedule(model, observer, ActionMapper(env_cfg), normalizer, layout, budget=budget, guard=guard)
+    return model, normalizer
 
 
-def _load_selector(run: Path, generator, env_cfg, layout: dict, clip, budget: float | None):
-    """A ``train.py --algo selector`` run as a schedule at ``budget`` (default: its largest trained budget is
-    not assumed: a budget is required, as for every budget-conditioned run)."""
+# ---- residual runs (ppo-residual): the frontier's decision plus the policy's move ------------------------
+
+class ResidualAgentSchedule(AgentSchedule):
+    """``AgentSchedule`` whose decisions are frontier decisions moved by a masked discrete policy.
+
+    Per image and controllable scale it observes what ``VarPruneResidual-v0`` observes
+    (``ObservationBuilder`` plus ``envs.residual_core.ResidualCore.extras``), takes the masked argmax of
+    the policy (the env's action masks: invalid and over-budget moves are never chosen, so every image
+    stays within the budget) and applies that move to the frontier's decision for the budget. One
+    policy call per scale for the whole batch; an image's observation and masks do not depend on its
+    batch, so its moves are the ones it gets generated alone.
+
+    ``moves(state)``: the moves (indices into ``envs.residual_core.MOVES``) it makes for each image of
+    ``state`` at the scale about to run; ``ratio`` / ``drop_unconditional`` return their decisions."""
+
+    name = "rl-residual"
+
+    def __init__(self, model, observer, core, normalizer, layout: dict, budget: float) -> None:
+        super().__init__(model, observer, None, normalizer, layout, budget=budget, guard=None)
+        self.core = core
+        self.schedule = core.schedule_for(budget)
+
+    def moves(self, state) -> list[int]:
+        schedules = [self.schedule] * state.batch
+        obs = np.concatenate([self.observer.observe_batch(state, self.budget), self.core.extras(state, schedules)],
+                             axis=1).astype(np.float32)
+        if self.normalizer is not None:
+            obs = self.normalizer(obs)
+        masks = self.core.masks(state, schedules, [self.budget] * state.batch)
+        actions, _ = self.model.predict(obs, deterministic=True, action_masks=masks)
+        return [int(a) for a in np.asarray(actions).reshape(-1)]
+
+    def decide(self, state) -> tuple[list[float], list[bool]]:
+        key = (id(state), state.scale_index, len(state.reports))
+        if self._last[0] == key:
+            return self._last[1]
+        k = state.scale_index
+        decisions = [self.core.decision(self.schedule, k, m) for m in self.moves(state)]
+        decision = ([r for r, _ in decisions], [d for _, d in decisions])
+        self._last = (key, decision)
+        return decision
+
+    def describe(self, widths) -> str:
+        return f"rl-residual:{self.layout.get('run', '?')}@{self.budget:g}"
+
+
+def load_residual_schedule(run: Path, cfg: dict, generator, which: str, clip=None,
+                           budget: float | None = None) -> ResidualAgentSchedule:
+    """``load_agent_schedule`` for a residual run: its frontier (``RUN/frontier.json``), a budget in its
+    trained range, its observation layout checked against the generator."""
+    from envs.budget import check_budget
+    from envs.config import EnvConfig
+    from envs.factory import make_clip
+    from envs.frontier import FrontierError
+    from envs.observation import ObservationBuilder
+    from envs.residual import FRONTIER_FILE, as_frontier
+    from envs.residual_core import ResidualCore
+
+    layout = dict(cfg["observation_layout"], run=run.name)
+    env_cfg = EnvConfig.from_dict(cfg["env"])
+    check_layout(layout, generator)
+    check_same_generator(cfg, generator, run)
+    if budget is None:
+        raise RunError(f"{run} is budget-conditioned: give a FLOPs budget in its trained range "
+                       f"[{env_cfg.budget_range[0]:g}, {env_cfg.budget_range[1]:g}] (e.g. --budget)")
+    try:
+        budget = check_budget(budget, env_cfg.budget_range)
+        core = ResidualCore(generator, as_frontier(run / cfg["residual"].get("frontier", FRONTIER_FILE)),
+                            layout["first_controllable_scale"], allow_drop=env_cfg.allow_drop_unconditional)
+    except (ValueError, FrontierError) as e:
+        raise RunError(str(e)) from None
+    if clip is None and env_cfg.prompt_embedding_dim > 0:
+        clip = make_clip(env_cfg)
+    observer = ObservationBuilder(generator, layout["first_controllable_scale"], env_cfg.prompt_embedding_dim, clip,
+                                  budget_conditioned=True)
+    check_layout(layout, generator, observer.dim + core.extra_dim)
+    model, normalizer = load_model_and_normalizer(run, cfg, which)
+    return ResidualAgentSchedule(model, observer, core, normalizer, layout, budget)
+
+
+def _load_selector(run: Path, cfg: dict, generator, clip, budget: float | None):
+    """A ``train.py --algo selector`` run as a schedule at ``budget`` (required, as for every
+    budget-conditioned run; the selector of the largest trained budget <= it serves)."""
     from agents.selector import SELECTOR_FILE, SelectorSchedule, load_selectors, selector_for
+    from envs.config import EnvConfig
+    from envs.factory import make_clip
     from envs.observation import ObservationBuilder
     from generator.weights_io import WeightsError
 
+    layout = dict(cfg["observation_layout"], run=run.name)
+    env_cfg = EnvConfig.from_dict(cfg["env"])
+    check_layout(layout, generator)
+    check_same_generator(cfg, generator, run)
     if budget is None:
         lo, hi = env_cfg.budget_range
         raise RunError(f"{run} is a selector trained at budgets {lo:g} .. {hi:g}: give a FLOPs budget (e.g. --budget)")
     try:
-        selectors, _ = load_selectors(run / SELECTOR_FILE)
-        selector = selector_for(selectors, float(budget))
+        selector = selector_for(load_selectors(run / SELECTOR_FILE)[0], float(budget))
     except (WeightsError, ValueError) as e:
         raise RunError(f"{run}: {e}") from None
+    if clip is None and env_cfg.prompt_embedding_dim > 0:
+        clip = make_clip(env_cfg)
     observer = ObservationBuilder(generator, layout["first_controllable_scale"], env_cfg.prompt_embedding_dim, clip,
                                   budget_conditioned=False)
     check_layout(layout, generator, observer.dim)

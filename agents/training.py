@@ -40,6 +40,7 @@ class RunPlan:
     eval_episodes: int | None
     done_steps: int = 0
     checkpoint: Path | None = None
+    residual: dict | None = None  # {"frontier": file in the run dir, "reward_mode": ...} for a residual agent
 
     @property
     def resumed(self) -> bool:
@@ -62,7 +63,7 @@ def resume_plan(run_dir: Path) -> RunPlan:
                    saved["total_timesteps"], saved["n_envs"],
                    saved.get("vec_env", "dummy"),  # runs from before batching used DummyVecEnv
                    saved.get("workers"), saved["eval_freq"], saved["checkpoint_freq"], saved["val_prompts"],
-                   saved["eval_episodes"], done_steps, ckpt_path)
+                   saved["eval_episodes"], done_steps, ckpt_path, saved.get("residual"))
 
 
 def build_new_model(plan: RunPlan, envs: TrainingEnvs, device: str):
@@ -95,6 +96,8 @@ def write_baselines_and_config(plan: RunPlan, envs: TrainingEnvs, command: list[
               "eval_freq": plan.eval_freq, "checkpoint_freq": plan.checkpoint_freq, "val_prompts": plan.val_prompts,
               "eval_episodes": envs.eval_episodes, "env": plan.env_cfg.to_dict(), "observation_layout": envs.layout,
               "generator_fingerprint": generator.fingerprint(), "command": command}
+    if plan.residual is not None:
+        config["residual"] = plan.residual
     atomic_write_json(plan.run / "config.json", config)
     print(f"run {plan.run}: {plan.algo}, {plan.total_timesteps} steps; FastVAR on validation: reward "
           f"{baselines['fastvar']['mean_reward']:.4f} at {baselines['fastvar']['flops_fraction']:.3f} of full FLOPs")
@@ -135,9 +138,10 @@ def prepare_references(plan: RunPlan, envs: TrainingEnvs, mode: str) -> None:
 def make_callbacks(plan: RunPlan, envs: TrainingEnvs, progress_every: int | None) -> list:
     """Checkpoints, validation evaluations (eval_curve.csv, best_model.zip; a resumed run keeps its best
     so far) and, with ``progress_every`` (environment steps), progress lines."""
-    from agents.callbacks import PruningEvalCallback, ResumableCheckpoint
+    from agents.callbacks import PruningEvalCallback, ResumableCheckpoint, maskable_eval_callback_class
 
-    eval_cb = PruningEvalCallback(envs.eval_env, plan.run, n_eval_episodes=envs.eval_episodes,
+    cls = PruningEvalCallback if plan.residual is None else maskable_eval_callback_class()
+    eval_cb = cls(envs.eval_env, plan.run, n_eval_episodes=envs.eval_episodes,
                                   eval_freq=max(1, plan.eval_freq // plan.n_envs), deterministic=True, verbose=0)
     if plan.resumed:
         eval_cb.restore_from_curve()
@@ -171,6 +175,22 @@ def learn(plan: RunPlan, envs: TrainingEnvs, model, callbacks: list, progress_ba
             return 1
     envs.venv.close()
     return 0
+
+
+def load_frontier(spec: str | Path):
+    """The static frontier a residual run starts from, from ``train.py --frontier SPEC``: the path of a
+    frontier.json (``envs.frontier.Frontier``). The one place that turns the flag into a frontier (so that
+    a later ``--frontier auto`` builds it here)."""
+    from envs.frontier import Frontier
+
+    return Frontier.load(spec)
+
+
+def residual_envs_arg(plan: RunPlan) -> dict | None:
+    """``build_training_envs``' ``residual`` argument of a plan: the run's own copy of the frontier."""
+    if plan.residual is None:
+        return None
+    return {"frontier": load_frontier(plan.run / plan.residual["frontier"]), "reward_mode": plan.residual["reward_mode"]}
 
 
 def is_worker_error(e: BaseException) -> bool:

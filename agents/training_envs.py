@@ -41,10 +41,13 @@ def eval_batch_size(episodes: int, n_envs: int) -> int:
 
 
 def build_training_envs(env_cfg: EnvConfig, *, val_prompts: str, eval_episodes: int | None, n_envs: int,
-                        vec_env: str, workers: int | None, seed: int, normalize_obs: bool) -> TrainingEnvs:
+                        vec_env: str, workers: int | None, seed: int, normalize_obs: bool,
+                        residual: dict | None = None) -> TrainingEnvs:
     """The run's envs. vec_env "batched": one generator call per scale for all ``n_envs`` episodes
     (in ``workers`` Ray actors when set; raises ``envs.ray_vec.WorkerError`` if one fails to start);
-    "dummy": SB3's DummyVecEnv of single envs. eval_episodes None = every validation prompt once."""
+    "dummy": SB3's DummyVecEnv of single envs. eval_episodes None = every validation prompt once.
+    residual: {"frontier": Frontier, "reward_mode": str} for a residual agent: the training and
+    validation envs are ``VarPruneResidual-v0`` ones (the baselines still run through VarPrune-v0)."""
     from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
     from envs.factory import load_prompts_for, make_clip, make_generator, make_lpips
@@ -63,22 +66,45 @@ def build_training_envs(env_cfg: EnvConfig, *, val_prompts: str, eval_episodes: 
     train_prompts = load_prompts_for(env_cfg.prompts)
     make = _batched_envs if vec_env == "batched" else _dummy_envs
     venv, eval_inner, baseline_env = make(env_cfg, val_cfg, train_prompts, val_prompt_list, shared, n_envs,
-                                          eval_episodes, workers)
+                                          eval_episodes, workers, residual)
     venv = VecMonitor(venv)
     venv.seed(seed)
     venv = VecNormalize(venv, norm_obs=normalize_obs, norm_reward=False, clip_obs=10.0)
     eval_env = VecNormalize(VecMonitor(eval_inner), norm_obs=normalize_obs, norm_reward=False, clip_obs=10.0,
                             training=False)
-    layout = VarPruneEnv(val_cfg, **shared).observation_layout
+    if residual is None:
+        layout = VarPruneEnv(val_cfg, **shared).observation_layout
+    else:
+        from envs.residual import ResidualPruneEnv
+
+        layout = ResidualPruneEnv(val_cfg, **residual, **shared).observation_layout
     return TrainingEnvs(generator, clip, refs, shared, train_prompts, eval_episodes, venv, eval_env, baseline_env,
                         layout)
 
 
 def _batched_envs(env_cfg: EnvConfig, val_cfg: EnvConfig, train_prompts: list[str], val_prompts: list[str],
-                  shared: dict, n_envs: int, eval_episodes: int, workers: int | None):
-    """(training vec env, validation vec env, baseline env factory) of ``envs.batched`` envs."""
+                  shared: dict, n_envs: int, eval_episodes: int, workers: int | None, residual: dict | None = None):
+    """(training vec env, validation vec env, baseline env factory) of ``envs.batched`` envs (residual ones,
+    ``envs.residual_batched``, for training and validation with ``residual``)."""
     from envs.batched import BatchedVarPruneEnv
 
+    if residual is not None:
+        if workers:
+            raise ValueError("the residual agent does not run in Ray workers yet: drop --workers")
+        from envs.residual_batched import BatchedResidualEnv
+
+        cache: dict = {}  # the frontier's quality terms, shared by the training and validation envs
+        venv = BatchedResidualEnv(env_cfg, n_envs, prompts=train_prompts, reference_batch_size=REFERENCE_BATCH,
+                                  frontier_cache=cache, **residual, **shared)
+        eval_slots = eval_batch_size(eval_episodes, n_envs)
+        eval_inner = BatchedResidualEnv(val_cfg, eval_slots, prompts=val_prompts, reference_batch_size=REFERENCE_BATCH,
+                                        frontier_cache=cache, **residual, **shared)
+        eval_inner.plan_episodes(eval_episodes)
+
+        def baseline_env():
+            return BatchedVarPruneEnv(val_cfg, eval_slots, prompts=val_prompts, **shared)
+
+        return venv, eval_inner, baseline_env
     if workers:
         import os
 
@@ -101,15 +127,21 @@ def _batched_envs(env_cfg: EnvConfig, val_cfg: EnvConfig, train_prompts: list[st
 
 
 def _dummy_envs(env_cfg: EnvConfig, val_cfg: EnvConfig, train_prompts: list[str], val_prompts: list[str],
-                shared: dict, n_envs: int, eval_episodes: int, workers: int | None):
+                shared: dict, n_envs: int, eval_episodes: int, workers: int | None, residual: dict | None = None):
     """(training vec env, validation vec env, baseline env factory) of single ``VarPruneEnv``s in
-    SB3's DummyVecEnv (batch-1 generation)."""
+    SB3's DummyVecEnv (batch-1 generation; ``ResidualPruneEnv``s for training and validation with
+    ``residual``)."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from envs.var_prune import VarPruneEnv
 
-    venv = DummyVecEnv([lambda: VarPruneEnv(env_cfg, prompts=train_prompts, **shared) for _ in range(n_envs)])
-    eval_inner = DummyVecEnv([lambda: VarPruneEnv(val_cfg, **shared)])
+    make, extra = VarPruneEnv, {}
+    if residual is not None:
+        from envs.residual import ResidualPruneEnv
+
+        make, extra = ResidualPruneEnv, dict(residual, frontier_cache={})
+    venv = DummyVecEnv([lambda: make(env_cfg, prompts=train_prompts, **extra, **shared) for _ in range(n_envs)])
+    eval_inner = DummyVecEnv([lambda: make(val_cfg, **extra, **shared)])
 
     def baseline_env():
         return VarPruneEnv(val_cfg, **shared)

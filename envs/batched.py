@@ -50,8 +50,8 @@ class BatchedVarPruneEnv(VecEnv):
         if reference_batch_size < 1:
             raise ValueError(f"reference_batch_size must be >= 1, got {reference_batch_size}")
         # one single env holds the shared setup (spaces, observer, reward, references); it never runs
-        self.template = VarPruneEnv(config, render_mode=render_mode, generator=generator, clip=clip, lpips=lpips,
-                                    reference_cache=reference_cache, prompts=prompts, **overrides)
+        self.template = self._make_template(config, render_mode=render_mode, generator=generator, clip=clip, lpips=lpips,
+                                            reference_cache=reference_cache, prompts=prompts, **overrides)
         t = self.template
         self.config, self.generator, self.prompts, self.clip = t.config, t.generator, t.prompts, t.clip
         self.reward_fn, self.references, self.observer, self.actions = t.reward_fn, t.references, t.observer, t.actions
@@ -67,6 +67,10 @@ class BatchedVarPruneEnv(VecEnv):
         self._state = None
         self._actions = None
         super().__init__(num_envs, t.observation_space, t.action_space)
+
+    def _make_template(self, config, **kwargs) -> VarPruneEnv:
+        """The single env whose setup every slot shares (a subclass's own kind of env)."""
+        return VarPruneEnv(config, **kwargs)
 
     # ---- what the single env offers ---------------------------------------------------------------
     @property
@@ -126,6 +130,10 @@ class BatchedVarPruneEnv(VecEnv):
             self.generator.step(self._state, 0.0)
         self._ratios = [[0.0] * self.generator.num_scales for _ in range(self.num_envs)]
         self.reset_infos = [self._info(i) for i in range(self.num_envs)]
+        return self._observe()
+
+    def _observe(self) -> np.ndarray:
+        """(N, dim): every slot's observation of the current state."""
         return self.observer.observe_batch(self._state, self._budgets)
 
     def reset(self) -> np.ndarray:
@@ -146,14 +154,9 @@ class BatchedVarPruneEnv(VecEnv):
         if self._actions is None or len(self._actions) != self.num_envs:
             raise ValueError(f"need one action per env ({self.num_envs}), got "
                              f"{None if self._actions is None else len(self._actions)}")
-        decisions = [self.actions.to_ratio(a) for a in self._actions]
+        decisions = self._decisions(self._actions)
         self._actions = None
         st = self._state
-        if self.guard is not None:  # each image kept within its own budget (envs.budget)
-            guarded = self.guard.decide_batch(st, [r for r, _ in decisions], [d for _, d in decisions], self._budgets)
-            for i, gd in enumerate(guarded):
-                self._guarded[i] += int(gd.guarded)
-            decisions = [(gd.ratio, gd.drop_unconditional) for gd in guarded]
         ratios, drops = [r for r, _ in decisions], [d for _, d in decisions]
         k = st.scale_index
         report = self.generator.step(st, ratios, drop_unconditional=drops)
@@ -165,8 +168,8 @@ class BatchedVarPruneEnv(VecEnv):
             rewards[i] = self.reward_fn.step_reward((saved_full - flops) / self.flops_full)
         if not st.finished:
             infos = [self._info(i) for i in range(self.num_envs)]
-            return self.observer.observe_batch(st, self._budgets), rewards, np.zeros(self.num_envs, bool), infos
-        final_obs = self.observer.observe_batch(st, self._budgets)
+            return self._observe(), rewards, np.zeros(self.num_envs, bool), infos
+        final_obs = self._observe()
         terminal = self._terminal()
         infos = []
         for i in range(self.num_envs):
@@ -177,9 +180,28 @@ class BatchedVarPruneEnv(VecEnv):
         obs = self._start([{}] * self.num_envs)
         return obs, rewards, np.ones(self.num_envs, bool), infos
 
+    def _decisions(self, actions) -> list[tuple[float, bool]]:
+        """Every slot's (ratio, drop-unconditional) for the scale about to run, from its action."""
+        decisions = [self.actions.to_ratio(a) for a in actions]
+        if self.guard is not None:  # each image kept within its own budget (envs.budget)
+            guarded = self.guard.decide_batch(self._state, [r for r, _ in decisions], [d for _, d in decisions],
+                                              self._budgets)
+            for i, gd in enumerate(guarded):
+                self._guarded[i] += int(gd.guarded)
+            decisions = [(gd.ratio, gd.drop_unconditional) for gd in guarded]
+        return decisions
+
     def _terminal(self) -> list[tuple[float, dict]]:
-        st, g = self._state, self.generator
-        images = g.decode(st)
+        images = self.generator.decode(self._state)
+        ref_images, ref_clips = self._references()
+        used = [f / self.flops_full for f in self._state.flops_used_per_image]
+        return self.reward_fn.terminal_batch(images, ref_images.to(images.device), self._prompts, used,
+                                             reference_clips=ref_clips, budgets=self._budgets)
+
+    def _references(self) -> tuple[torch.Tensor, list[float] | None]:
+        """The batch's unpruned references (made in batches where missing) and their CLIP scores (None
+        without a CLIP term)."""
+        g = self.generator
         fingerprint = g.fingerprint()
         keys = [(p, s, fingerprint) for p, s in zip(self._prompts, self._image_seeds)]
         use_clip = self.clip if self.config.reward.clip_weight > 0 else None
@@ -190,11 +212,7 @@ class BatchedVarPruneEnv(VecEnv):
 
         refs = self.references.get_or_create_many(keys, make, clip=use_clip, prompts=self._prompts,
                                                   batch_size=self.reference_batch_size)
-        ref_images = torch.cat([img for img, _ in refs]).to(images.device)
-        ref_clips = [c for _, c in refs] if use_clip is not None else None
-        used = [f / self.flops_full for f in st.flops_used_per_image]
-        return self.reward_fn.terminal_batch(images, ref_images, self._prompts, used, reference_clips=ref_clips,
-                                             budgets=self._budgets)
+        return torch.cat([img for img, _ in refs]), ([c for _, c in refs] if use_clip is not None else None)
 
     def _info(self, i: int) -> dict:
         st = self._state

@@ -105,6 +105,19 @@ class RewardConfig:
             q = q - self.lpips_weight * np.asarray(lpips, np.float64)
         return float(q) if q.ndim == 0 else q
 
+    def paired_quality(self, terms: dict, baseline: dict) -> float:
+        """``quality`` of ``terms`` minus ``quality`` of ``baseline`` (two images of the same prompt and
+        seed, each scored against the same unpruned reference: dicts of ``ssim``, ``psnr`` and, when
+        measured, ``clip_delta``, ``lpips``), with the CLIP term of the difference capped at 0: an image
+        more "CLIP-typical" than the baseline earns nothing from CLIP, one less typical loses. The
+        non-CLIP terms come from ``quality`` (the one formula); the CLIP term is its linear
+        ``clip_weight * clip_delta`` on the difference. Exactly 0.0 for equal terms."""
+        rest = (self.quality(terms["ssim"], terms["psnr"], lpips=terms.get("lpips"))
+                - self.quality(baseline["ssim"], baseline["psnr"], lpips=baseline.get("lpips")))
+        if terms.get("clip_delta") is not None and baseline.get("clip_delta") is not None:
+            rest += min(0.0, self.clip_weight * (float(terms["clip_delta"]) - float(baseline["clip_delta"])))
+        return float(rest)
+
     def budget_excess(self, used_fraction: float, budget: float | None = None) -> float:
         """FLOPs fraction spent above the budget (``budget``, else ``flops_budget``; 0 without either)."""
         budget = self.flops_budget if budget is None else budget
