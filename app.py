@@ -47,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def latest_run(runs_dir: Path = Path("runs")) -> str:
     """The most recently finished train.py run under ``runs_dir`` ("" if none)."""
-    runs = [p.parent for p in runs_dir.glob("*/config.json") if (p.parent / "best_model.zip").is_file()]
-    return str(max(runs, key=lambda p: (p / "best_model.zip").stat().st_mtime)) if runs else ""
+    from agents.schedule import finished_runs
+
+    runs = finished_runs(runs_dir)
+    return str(runs[-1]) if runs else ""
 
 
 def build_page(explorer, default_run: str = "", default_prompt: str = DEFAULT_PROMPT):

@@ -44,7 +44,10 @@ def _add_run_args(ap: argparse.ArgumentParser) -> None:
     """The algorithm, its length, its vector env and where the run goes."""
     from agents.algos import ALGOS
 
-    ap.add_argument("--algo", default="ppo", choices=ALGOS)
+    ap.add_argument("--algo", default="ppo", choices=ALGOS + ("selector",),
+                    help="ppo (= ppo-gaussian: ratios from a Gaussian policy, budget guard), ppo-residual (moves relative "
+                         "to the static frontier, action masks, paired reward), selector (one of the frontier's best "
+                         "schedules per image, chosen from its early scales), or another SB3 algorithm")
     ap.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                     help="override a hyperparameter of agents/hyperparams/<algo>.yml (YAML value), repeatable")
     ap.add_argument("--total-timesteps", type=int, default=None, help="default: the YAML's total_timesteps")
@@ -68,9 +71,21 @@ def _add_run_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="parent directory of runs")
     ap.add_argument("--name", default=None, help="run name (default <algo>_s<seed>, suffixed if taken)")
     ap.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run from its last checkpoint")
-    ap.add_argument("--frontier", default=None, metavar="PATH",
-                    help="--algo ppo-residual: the static frontier (frontier.json) whose schedule the agent moves away "
-                         "from; copied into the run directory")
+    ap.add_argument("--frontier", default=None, metavar="auto|PATH",
+                    help="--algo ppo-residual / selector: the static frontier the agent starts from. auto (default): "
+                         "searched before training on the validation items evaluate_agent.py searches on, sharing "
+                         "--cache-dir (a second run reuses it); PATH: a frontier.json. Saved as RUN/frontier.json")
+    ap.add_argument("--cache-dir", type=Path, default=Path("results") / "cache",
+                    help="the static search's grid cache, shared with evaluate_agent.py ('none': no cache)")
+    ap.add_argument("--search-num-prompts", type=int, default=100,
+                    help="validation prompts (x seed 0) the frontier is searched on and the selector's margin chosen on "
+                         "(evaluate_agent.py's default search items: keep them equal to share the cache)")
+    ap.add_argument("--selector-k", type=int, default=8, help="--algo selector: candidate schedules per budget")
+    ap.add_argument("--selector-train-prompts", type=int, default=150,
+                    help="--algo selector: training prompts (x seeds 0 1) its labels are generated on")
+    ap.add_argument("--selector-budgets", nargs="+", default=["fastvar", "0.8fastvar", "0.6fastvar"],
+                    help="--algo selector: budgets it is fitted at (fractions of the unpruned transformer FLOPs or "
+                         "multiples of FastVAR's, e.g. 0.8fastvar)")
     ap.add_argument("--reward-mode", default="paired", choices=("paired", "absolute"),
                     help="--algo ppo-residual: paired = quality minus the frontier's on the same prompt and seed (CLIP "
                          "term of the difference capped at 0); absolute = quality alone")
@@ -153,10 +168,15 @@ def check_args(args) -> None:
         raise ValueError(f"--infinity-options file {args.infinity_options} does not exist")
     from agents.algos import RESIDUAL_ALGOS
 
-    if args.resume is None and args.algo in RESIDUAL_ALGOS and args.frontier is None:
-        raise ValueError(f"--algo {args.algo} needs --frontier PATH (a frontier.json: per budget, the best static schedule)")
-    if args.frontier is not None and args.algo not in RESIDUAL_ALGOS:
-        raise ValueError(f"--frontier is for --algo {' / '.join(RESIDUAL_ALGOS)}, not {args.algo}")
+    uses_frontier = args.algo in RESIDUAL_ALGOS + ("selector",)
+    if args.frontier is not None and not uses_frontier:
+        raise ValueError(f"--frontier is for --algo {' / '.join(RESIDUAL_ALGOS + ('selector',))}, not {args.algo}")
+    if uses_frontier and args.frontier is None:
+        args.frontier = "auto"
+    if args.frontier not in (None, "auto") and not Path(args.frontier).is_file():
+        raise ValueError(f"--frontier {args.frontier}: no such file (give 'auto' or a frontier.json)")
+    if args.algo == "selector" and args.resume is not None:
+        raise ValueError("--algo selector has nothing to resume: it fits in minutes and reuses the grid cache")
     if args.algo in RESIDUAL_ALGOS and args.workers is not None:
         raise ValueError(f"--algo {args.algo} does not run in Ray workers yet: drop --workers")
 
@@ -222,19 +242,58 @@ def plan_new_run(args) -> RunPlan:
     if args.frontier is not None:
         if env_cfg.budget_range is None:
             raise ValueError("--algo ppo-residual is budget-conditioned: give --budget-range (not --fixed-budget)")
-        frontier = load_frontier(args.frontier)
+        frontier = load_frontier(args.frontier) if args.frontier != "auto" else None
     run = unique_run_dir(args.out, args.name or f"{args.algo}_s{args.seed}")
     run.mkdir(parents=True)
     residual = None
-    if frontier is not None:  # the run keeps its own copy: what it trained on, and what loading it uses
+    if args.frontier is not None:  # the run keeps its own copy: what it trained on, and what loading it uses
         from envs.residual import FRONTIER_FILE
 
-        import shutil
-
-        shutil.copyfile(args.frontier, run / FRONTIER_FILE)
+        if frontier is None:
+            frontier = search_frontier(env_cfg, frontier_settings(args, env_cfg))
+        frontier.save(run / FRONTIER_FILE)
         residual = {"frontier": FRONTIER_FILE, "reward_mode": args.reward_mode, "source": str(args.frontier)}
     return RunPlan(run, args.algo, hp, args.seed, env_cfg, total, args.n_envs, args.vec_env, args.workers,
                    args.eval_freq, args.checkpoint_freq, args.val_prompts, args.eval_episodes, residual=residual)
+
+
+def frontier_settings(args, env_cfg):
+    """The frontier search's settings from the flags (``evaluation.frontier_build.FrontierSettings``)."""
+    from evaluation.frontier_build import FrontierSettings
+    from generator.checks import check_positive
+
+    check_positive("--search-num-prompts", args.search_num_prompts)
+    return FrontierSettings(val_source=args.val_prompts, val_prompts=args.search_num_prompts,
+                            allow_drop=env_cfg.allow_drop_unconditional, cache_dir=args.cache_dir)
+
+
+def search_frontier(env_cfg, settings):
+    """``--frontier auto``: the static frontier searched on compare mode's validation items, sharing the grid
+    cache with ``evaluate_agent.py`` (``evaluation.selector_run.obtain_frontier``)."""
+    from envs.factory import make_clip, make_generator, make_lpips
+    from evaluation.selector_run import obtain_frontier
+    from rewards import RewardFunction
+
+    g, r = make_generator(env_cfg), env_cfg.reward
+    reward_fn = RewardFunction(r, clip=make_clip(env_cfg) if r.clip_weight > 0 else None,
+                               lpips=make_lpips(env_cfg) if r.lpips_weight > 0 else None)
+    first = max(0, g.num_scales - env_cfg.num_controllable) if env_cfg.first_controllable_scale is None \
+        else env_cfg.first_controllable_scale
+    return obtain_frontier("auto", g, reward_fn, first, settings, print)[0]
+
+
+def train_selector_run(args) -> int:
+    """``--algo selector`` (``evaluation.selector_run``): frontier, fit, run directory."""
+    from evaluation.selector_fit import SelectorSettings
+    from evaluation.selector_run import train_selector
+
+    env_cfg = resolve_env_config(args)
+    settings = SelectorSettings(budgets=(), k=args.selector_k, train_source=args.train_prompts,
+                                train_prompts=args.selector_train_prompts, cache_dir=args.cache_dir)
+    run = unique_run_dir(args.out, args.name or f"selector_s{args.seed}")
+    train_selector(run, env_cfg, settings, args.frontier, frontier_settings(args, env_cfg), list(args.selector_budgets),
+                   sys.argv)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         check_workers(args.workers, args.vec_env, args.n_envs)
+        if str(args.cache_dir).lower() == "none":
+            args.cache_dir = None
+        if args.algo == "selector":
+            return train_selector_run(args)
     except ValueError as e:
         return _error(e, 2)
     import torch

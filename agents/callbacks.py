@@ -11,6 +11,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
 from agents.normalization import load_obs_stats_into, save_obs_stats
+from generator.weights_io import atomic_write_bytes
 
 EVAL_COLUMNS = ("timesteps", "mean_reward", "std_reward", "flops_fraction", "clip_delta", "ssim", "lpips", "episodes")
 
@@ -80,13 +81,47 @@ class PruningEvalCallback(EvalCallback):
 
 def maskable_eval_callback_class():
     """``PruningEvalCallback`` evaluating with action masks (sb3-contrib's ``MaskableEvalCallback``: the
-    policy's masked argmax, masks from ``env_method("action_masks")``), for the residual agent."""
+    policy's masked argmax, masks from ``env_method("action_masks")``), for the residual agent, with its
+    model selection: the untrained policy (whose masked argmax keeps the frontier's every decision: paired
+    validation reward exactly 0) is the first best model, and a trained one replaces the best only if
+    the one-sided 95 % lower bound of its mean paired validation reward (each validation prompt once) is
+    above 0 and its mean beats the best's. So a run that learned nothing serves the frontier."""
     from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
 
     class MaskablePruningEvalCallback(PruningEvalCallback, MaskableEvalCallback):
-        pass
+        def _on_training_start(self) -> None:
+            super()._on_training_start()
+            best = self.run_dir / "best_model.zip"
+            if not best.exists():  # a fresh run: the untrained policy is the candidate to beat
+                self.model.save(str(best))
+                vecnorm = self.model.get_vec_normalize_env()
+                if vecnorm is not None:
+                    save_obs_stats(vecnorm, self.run_dir / "best_obs_stats.json")
+                self.best_mean_reward = 0.0
+
+        def _on_step(self) -> bool:
+            if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):
+                return True
+            best = self.run_dir / "best_model.zip"
+            kept = (best.read_bytes() if best.exists() else None, self.best_mean_reward,
+                    (self.run_dir / "best_obs_stats.json").read_bytes() if (self.run_dir / "best_obs_stats.json").exists() else None)
+            cont = super()._on_step()
+            if self.best_mean_reward > kept[1] and not lower_bound(self.evaluations_results[-1]) > 0:
+                for path, data in ((best, kept[0]), (self.run_dir / "best_obs_stats.json", kept[2])):
+                    if data is not None:
+                        atomic_write_bytes(path, data)
+                self.best_mean_reward = kept[1]
+            return cont
 
     return MaskablePruningEvalCallback
+
+
+def lower_bound(rewards) -> float:
+    """One-sided 95 % lower bound of a mean (normal approximation); -inf for fewer than two values."""
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    if r.size < 2:
+        return float("-inf")
+    return float(r.mean() - 1.645 * r.std(ddof=1) / np.sqrt(r.size))
 
 
 class ResumableCheckpoint(BaseCallback):

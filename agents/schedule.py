@@ -41,6 +41,24 @@ def read_run_config(run_dir: str | Path) -> dict:
     return cfg
 
 
+SERVED_FILES = ("best_model.zip", "selector.safetensors")
+
+
+def served_file(run: str | Path) -> Path | None:
+    """The file a finished run serves its agent from (``best_model.zip``, or a selector's
+    ``selector.safetensors``); None while the run has not finished."""
+    for name in SERVED_FILES:
+        if (Path(run) / name).is_file():
+            return Path(run) / name
+    return None
+
+
+def finished_runs(runs_dir: str | Path) -> list[Path]:
+    """Every finished train.py run directly under ``runs_dir``, oldest first (by its served file's time)."""
+    runs = [p.parent for p in Path(runs_dir).glob("*/config.json") if served_file(p.parent) is not None]
+    return sorted(runs, key=lambda p: served_file(p).stat().st_mtime)
+
+
 def check_layout(layout: dict, generator, observer_dim: int | None = None) -> None:
     """Raise if the generator is not the kind of generator the run was trained on."""
     problems = []

@@ -277,18 +277,20 @@ def agent_rows(runs: tuple[RunInfo, ...], budgets: BudgetRequest, fastvar_fracti
 
 def latest_run(runs_dir: Path) -> Path:
     """The most recently finished train.py run under ``runs_dir`` (by its best model's time)."""
-    cands = [p.parent for p in runs_dir.glob("*/config.json") if (p.parent / "best_model.zip").is_file()]
+    from agents.schedule import finished_runs
+
+    cands = finished_runs(runs_dir)
     if not cands:
         raise FileNotFoundError(f"no finished train.py run under {runs_dir}/ (train one with `python train.py`, "
                                 f"or pass --run DIR)")
-    return max(cands, key=lambda p: (p / "best_model.zip").stat().st_mtime)
+    return cands[-1]
 
 
 def resolve_runs(run_dirs: tuple[Path, ...], runs_dir: Path, static_search: bool) -> tuple[RunInfo, ...]:
     """The runs to compare (default: the latest under ``runs_dir``), each a finished train.py run; they
     must share the generator, its CFG scale and the quality weights (and, for the static search, the
     first controllable scale)."""
-    from agents.schedule import RunError, read_run_config
+    from agents.schedule import RunError, read_run_config, served_file
     from envs.config import EnvConfig
 
     paths = list(run_dirs) or [latest_run(runs_dir)]
@@ -298,7 +300,7 @@ def resolve_runs(run_dirs: tuple[Path, ...], runs_dir: Path, static_search: bool
     runs = []
     for p in paths:
         cfg = read_run_config(p)
-        if not (p / "best_model.zip").is_file():
+        if served_file(p) is None:
             raise RunError(f"{p / 'best_model.zip'} is missing (did training finish? checkpoints are in "
                            f"{p / 'checkpoints'})")
         label = p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from envs.frontier import Frontier, FrontierEntry
-from evaluation.static_search import GRID_RATIOS, SKIP, FlopsTable, grid_schedules, guided_scales, pareto_frontier
+from evaluation.static_search import FlopsTable, grid_schedules, guided_scales, pareto_frontier
 from generator.schedules import StaticSchedule
 
 
@@ -48,32 +48,27 @@ class FrontierSettings:
 
 # ---- grid moves ---------------------------------------------------------------------------------------
 
-def grid_moves(schedule: StaticSchedule, first: int, guided: list[bool], grid: tuple[float, ...] = GRID_RATIOS,
-               allow_drop: bool = True, cheaper_only: bool = False) -> list[StaticSchedule]:
-    """The grid schedules one move away on one controllable scale: one grid step less or more pruning
-    (more from the last grid ratio = skip; less from a skip = the last grid ratio, CFG kept), flipping
-    the CFG-drop flag of a guided, non-skipped scale, and skip <-> run. ``cheaper_only``: only the
-    moves that prune more (more pruning, skip, dropping the CFG branch)."""
+def grid_moves(schedule: StaticSchedule, first: int, guided: list[bool], allow_drop: bool = True,
+               cheaper_only: bool = False) -> list[StaticSchedule]:
+    """The grid schedules one residual move away (``envs.residual_core.apply_move`` on one controllable
+    scale: one grid step less or more pruning, flipping the CFG-drop flag, skip <-> run). ``cheaper_only``:
+    only the moves that prune more (more pruning, a skip, dropping the CFG branch)."""
+    from envs.residual_core import apply_move
+
     out = []
     ratios, drops = list(schedule.ratios), list(schedule.drop_uncond)
     for k in range(first, len(ratios)):
         r, d = ratios[k], drops[k]
-        options = []
-        if r >= 1.0:
-            if not cheaper_only:
-                options.append((grid[-1], False))
-        else:
-            i = grid.index(r) if r in grid else None
-            if i is not None:
-                options.append((grid[i + 1], d) if i + 1 < len(grid) else (SKIP, False))
-                if i > 0 and not cheaper_only:
-                    options.append((grid[i - 1], d))
-            options.append((SKIP, False))
-            if allow_drop and guided[k] and (not d or not cheaper_only):
-                options.append((r, not d))
-        for nr, nd in options:
+        for move in ((2, 3, 4) if cheaper_only else (1, 2, 3, 4)):
+            if move == 3 and (not allow_drop or (cheaper_only and d)):
+                continue
+            if cheaper_only and move == 4 and r >= 1.0:
+                continue
+            decision = apply_move(r, d, move, guided[k])
+            if decision is None:
+                continue
             rr, dd = list(ratios), list(drops)
-            rr[k], dd[k] = nr, nd and nr < 1.0
+            rr[k], dd[k] = decision[0], decision[1] and decision[0] < 1.0 and allow_drop
             s = StaticSchedule(tuple(rr), tuple(dd))
             if s != schedule:
                 out.append(s)

@@ -202,7 +202,7 @@ class QualityThenJudge:
 def run_fingerprint(run_dir: Path) -> str:
     """sha256 (24 hex) of the files an agent is loaded from: config, best model, observation statistics."""
     h = hashlib.sha256()
-    for name in ("config.json", "best_model.zip", "best_obs_stats.json"):
+    for name in ("config.json", "best_model.zip", "best_obs_stats.json", "selector.safetensors", "frontier.json"):
         p = Path(run_dir) / name
         h.update(name.encode() + (p.read_bytes() if p.is_file() else b"-"))
     return h.hexdigest()[:24]
@@ -216,7 +216,9 @@ def find_runs(run_dirs: tuple[Path, ...], runs_dir: Path | None) -> tuple:
 
     paths = list(run_dirs)
     if not paths and runs_dir is not None and Path(runs_dir).is_dir():
-        paths = sorted(p.parent for p in Path(runs_dir).glob("*/config.json") if (p.parent / "best_model.zip").is_file())
+        from agents.schedule import finished_runs
+
+        paths = sorted(finished_runs(runs_dir))
     return resolve_runs(tuple(paths), Path(runs_dir or "runs"), static_search=True) if paths else ()
 
 

@@ -18,24 +18,29 @@ from typing import Callable
 from generator.weights_io import atomic_write_json
 
 
-def default_selector_budgets(generator) -> tuple[float, ...]:
-    """FastVAR's transformer FLOPs fraction, 0.8x and 0.6x of it: the scoreboard's three budgets."""
+def selector_budgets(generator, tokens: list[str]) -> tuple[float, ...]:
+    """``--selector-budgets`` tokens (0.3, fastvar, 0.8fastvar) as transformer FLOPs fractions, each in (0, 1]."""
+    from evaluation.compare_plan import read_budget
     from generator.schedules import FastVARSchedule, schedule_ratios
 
     fv = float(generator.flops_fraction(schedule_ratios(FastVARSchedule(), generator.num_scales)))
-    return (fv, 0.8 * fv, 0.6 * fv)
+    out = tuple(read_budget(t).fraction(fv) for t in tokens)
+    bad = [t for t, b in zip(tokens, out) if not 0 < b <= 1]
+    if bad or not out:
+        raise ValueError(f"--selector-budgets {bad or tokens}: each must be a fraction in (0, 1] of the unpruned "
+                         "transformer FLOPs (or a multiple of FastVAR's, e.g. 0.8fastvar)")
+    return out
 
 
-def obtain_frontier(source: str, generator, reward_fn, first: int, allow_drop: bool, cache_dir: Path | None,
-                    log: Callable[[str], None]):
-    """``source``: 'auto' (build it, sharing the static search's cache) or a frontier.json path.
-    Returns (frontier, {schedule: validation quality} of its pool, or of its entries when read)."""
+def obtain_frontier(source: str, generator, reward_fn, first: int, settings, log: Callable[[str], None]):
+    """``source``: 'auto' (build it with ``settings``, an ``evaluation.frontier_build.FrontierSettings``,
+    sharing the static search's cache) or a frontier.json path. Returns (frontier, {schedule: validation
+    quality} of its pool, or of its entries when read)."""
     from envs.frontier import Frontier
-    from evaluation.frontier_build import FrontierSettings, build_frontier
+    from evaluation.frontier_build import build_frontier
 
     if source == "auto":
-        return build_frontier(generator, reward_fn, first, FrontierSettings(allow_drop=allow_drop, cache_dir=cache_dir),
-                              log=log)
+        return build_frontier(generator, reward_fn, first, settings, log=log)
     frontier = Frontier.load(source)
     frontier.check_generator(generator)
     if frontier.first_controllable != first:
@@ -44,14 +49,14 @@ def obtain_frontier(source: str, generator, reward_fn, first: int, allow_drop: b
     return frontier, {e.schedule: e.val_quality for e in frontier.entries}
 
 
-def train_selector(run: Path, env_cfg, settings, frontier_source: str, command: list[str],
-                   log: Callable[[str], None] = print) -> dict:
+def train_selector(run: Path, env_cfg, settings, frontier_source: str, frontier_settings, budget_tokens: list[str],
+                   command: list[str], log: Callable[[str], None] = print) -> dict:
     """Everything ``--algo selector`` does (module docstring); returns summary.json's content."""
     from agents.selector import SELECTOR_FILE, save_selectors
     from domain import load_prompts
     from envs.factory import make_clip, make_generator, make_lpips
     from envs.observation import ObservationBuilder
-    from evaluation.frontier_build import FrontierSettings, val_items
+    from evaluation.frontier_build import val_items
     from evaluation.scoreboard import check_items
     from evaluation.selector_fit import fit_selectors
     from rewards import RewardFunction
@@ -65,15 +70,18 @@ def train_selector(run: Path, env_cfg, settings, frontier_source: str, command: 
     reward_fn = RewardFunction(r, clip=clip if r.clip_weight > 0 else None,
                                lpips=make_lpips(env_cfg) if r.lpips_weight > 0 else None)
     grammar = env_cfg.generator == "tiny"
-    frontier, pool = obtain_frontier(frontier_source, generator, reward_fn, first, env_cfg.allow_drop_unconditional,
-                                     settings.cache_dir, log)
+    from dataclasses import replace
+
+    settings = replace(settings, budgets=selector_budgets(generator, budget_tokens))
+    settings.check()
+    frontier, pool = obtain_frontier(frontier_source, generator, reward_fn, first, frontier_settings, log)
     t_frontier = time.time() - t0
     run.mkdir(parents=True, exist_ok=False)
     frontier.save(run / "frontier.json", tuple(generator.scale_widths))
     observer = ObservationBuilder(generator, first, env_cfg.prompt_embedding_dim, clip, budget_conditioned=False)
     train = check_items(load_prompts(settings.train_source)[:settings.train_prompts], list(settings.train_seeds),
                         f"--train-prompts {settings.train_source}", grammar)
-    val = val_items(FrontierSettings(cache_dir=settings.cache_dir), grammar)
+    val = val_items(frontier_settings, grammar)
     selectors, report = fit_selectors(generator, reward_fn, observer, frontier, pool, val, train, settings, log)
     budgets = sorted(s.budget for s in selectors)
     env_cfg.budget_range = (budgets[0], budgets[-1])

@@ -27,11 +27,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from envs.residual_core import GRID_RATIOS, SKIP  # one grid: the residual policy's moves step on it
 from generator.protocol import total_flops_fraction
 from generator.schedules import StaticSchedule
 
-GRID_RATIOS = (0.0, 0.25, 0.5, 0.75)
-SKIP = 1.0
 REFINE_STEPS = (0.05, 0.125)
 
 

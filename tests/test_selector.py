@@ -101,3 +101,51 @@ def test_selector_decides_per_image_as_alone(setup):
     sel = BudgetSelector(0.4, _cands(), W, np.zeros(obs.dim), np.ones(obs.dim), margin=0.0)
     assert (sel.choose(X) == sel.choose(X1)).all()
     assert math.isfinite(X.sum())
+
+
+def _frontier_file(tmp_path, g) -> str:
+    from envs.frontier import Frontier, FrontierEntry
+    from evaluation.static_search import FlopsTable
+
+    flops = FlopsTable(g)
+    z = (0.0, 0.0, 0.0)
+    scheds = [StaticSchedule(z + (0.5, 0.75, 1.0, 1.0)), StaticSchedule(z + (0.75, 0.5, 1.0, 1.0)),
+              StaticSchedule(z + (0.5, 0.5, 1.0, 1.0))]  # 0.318, 0.326, 0.340 of the FLOPs: all within FastVAR's
+    entries = tuple(FrontierEntry(flops.transformer(s), s, flops.transformer(s), flops.total(s), -1.0 + 0.1 * i)
+                    for i, s in enumerate(scheds))
+    Frontier(entries, g.num_scales, 3, g.fingerprint()).save(tmp_path / "frontier.json")
+    return str(tmp_path / "frontier.json")
+
+
+def test_train_selector_run_loads_and_generates(tmp_path, setup):
+    import train
+    from agents.schedule import load_agent_schedule
+
+    g, _ = setup
+    f = _frontier_file(tmp_path, g)
+    common = ["--algo", "selector", "--frontier", f, "--search-num-prompts", "3", "--selector-train-prompts", "4",
+              "--selector-k", "3", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "runs")]
+    assert train.main(common + ["--selector-k", "1", "--name", "bad"]) == 2
+    assert train.main(common + ["--selector-budgets", "1.5", "--name", "bad2"]) == 2
+    assert not (tmp_path / "runs" / "bad").exists() and not (tmp_path / "runs" / "bad2").exists()
+    assert train.main(common + ["--selector-budgets", "fastvar", "--name", "sel"]) == 0
+    run = tmp_path / "runs" / "sel"
+    for name in ("config.json", "frontier.json", "selector.safetensors", "summary.json"):
+        assert (run / name).is_file()
+    from generator.schedules import FastVARSchedule, schedule_ratios
+
+    fv = g.flops_fraction(schedule_ratios(FastVARSchedule(), g.num_scales))
+    sched = load_agent_schedule(run, g, budget=fv)
+    assert isinstance(sched, SelectorSchedule) and len(sched.selector.candidates) == 3
+    with torch.no_grad():
+        images, st = g.generate(PROMPTS, [0, 1, 2], schedule=sched)
+    chosen = sched._chosen
+    for b, s in enumerate(chosen):  # each image is its candidate's image (same batch shape), within the budget
+        with torch.no_grad():
+            want, _ = g.generate(PROMPTS, [0, 1, 2], schedule=s)
+        assert torch.equal(images[b], want[b])
+        assert st.flops_used_per_image[b] / g.flops_full() <= fv + 1e-9
+    from agents.schedule import RunError
+
+    with pytest.raises(RunError, match="below the selector's smallest trained budget|outside"):
+        load_agent_schedule(run, g, budget=0.1)
