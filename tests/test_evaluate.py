@@ -198,7 +198,9 @@ def test_compare_mode_on_a_budget_conditioned_run_has_every_oracle_attribute_and
     for name, m in methods.items():
         assert list(m["domain_per_attribute"]) == list(ATTRIBUTES) + ["scene"], name
         assert all(v["n"] == 2 and v["n_images"] == 4 for v in m["domain_per_attribute"].values()), name
-        assert m["distribution"]["frechet_distance_to_original"] >= 0 and m["distribution"]["seed_diversity"] > 0, name
+        assert m["distribution"]["seed_diversity"] > 0, name
+        if name != "original":  # every other method prunes: its images, and so their features, differ from Original's
+            assert m["distribution"]["frechet_distance_to_original"] > 0, name
     assert methods["original"]["distribution"]["frechet_distance_to_original"] == pytest.approx(0, abs=1e-6)
     assert "### DomainEval per attribute" in table and "Fréchet distance to Original" in table
     assert "RELATIVE at this sample size" in table
