@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budgets", nargs="+", default=None, metavar="B",
                    help="evaluate each budget-conditioned run at each of these budgets (fractions of the unpruned "
                         "transformer FLOPs; 'fastvar' = FastVAR's, '0.8fastvar' = 0.8 x FastVAR's); every budget gets "
-                        "its own best static schedule, oracle and random row. Default: fastvar 0.8fastvar 0.6fastvar")
+                        "its own best static schedule, oracle and random row. A budget in (0, 1] outside a run's trained "
+                        "range makes that run's agent row n/a there (no images; the other rows at the budget itself). "
+                        "Default: fastvar 0.8fastvar 0.6fastvar")
     c.add_argument("--judge-weights", type=Path, default=None, help="DomainEval judge weights (default: the shipped file)")
     c.add_argument("--batch-size", type=int, default=100, help="images generated together (every method, the grid)")
     c.add_argument("--latency-images", type=int, default=24, help="items per method timed again alone at batch 1 "

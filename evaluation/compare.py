@@ -7,6 +7,8 @@ static schedule, the three oracles and a random schedule at each agent's FLOPs, 
     -> static_baselines  grid on the search items, best static schedule per target (each with its agent's
                          levers), the oracles (in-sample, cross-validated, per-image) on test
     -> generate_random   a random schedule per image with each agent's levers, at most its transformer FLOPs
+                         (an agent row that is n/a, its budget outside the run's trained range, has no
+                         images: its static, oracle and random rows are at the budget itself)
     -> score_methods     per-image metrics, QUALITY and the run's reward
     -> distribution_measures   Fréchet distance to Original's images and seed diversity (CLIP features)
     -> build_summary     prompt-clustered statistics and paired comparisons (evaluation.compare_summary)
@@ -92,7 +94,8 @@ def build_models(runs: tuple[RunInfo, ...], budgets: BudgetRequest, domain_promp
     here, before any image), every run checked to fit the generator, DomainEval and the reward."""
     from agents.schedule import check_layout, check_same_generator
     from envs.factory import make_generator
-    from evaluation.compare_plan import agent_rows
+    from evaluation.compare_plan import agent_rows, check_rows_reachable
+    from evaluation.random_schedules import cheapest_schedule
     from evaluation.scoreboard import DomainEval
     from generator.schedules import FastVARSchedule, schedule_ratios
     from rewards import RewardFunction
@@ -100,6 +103,8 @@ def build_models(runs: tuple[RunInfo, ...], budgets: BudgetRequest, domain_promp
     generator = make_generator(runs[0].env)
     fastvar_fraction = generator.flops_fraction(schedule_ratios(FastVARSchedule(), generator.num_scales))
     agents = agent_rows(runs, budgets, fastvar_fraction)
+    check_rows_reachable(agents, lambda run: generator.flops_fraction(
+        list(cheapest_schedule(generator.num_scales, run.first_controllable).ratios)))
     for run in runs:  # what load_agent_schedule checks, before the first image rather than after the baselines
         check_layout(dict(run.config["observation_layout"], run=run.path.name), generator)
         check_same_generator(run.config, generator, run.path)
@@ -160,11 +165,15 @@ def generate_baselines(generator, items: list[tuple[str, int]], settings: Genera
 
 def generate_agents(generator, agents: list[AgentRow], items: list[tuple[str, int]], settings: GenerationSettings,
                     pool, clip_of: Callable[[object], object], log: Callable[[str], None]) -> dict[str, MethodRun]:
-    """Each agent row's images; ``clip_of(env_config)``: a CLIP to share with the run, or None."""
+    """Each agent row's images (none for an n/a row: its budget is outside the run's trained range);
+    ``clip_of(env_config)``: a CLIP to share with the run, or None."""
     from agents.schedule import load_agent_schedule
 
     out = {}
     for row in agents:
+        if row.na is not None:
+            log(f"{row.name}: n/a ({row.na}), no images")
+            continue
         agent = load_agent_schedule(row.run.path, generator, clip=clip_of(row.run.env), budget=row.budget)
         spec = MethodSpec(agent_run=str(row.run.path), agent_budget=row.budget)
         images, recs = generate_method(generator, spec, items, settings, pool, schedule=agent)
@@ -174,14 +183,29 @@ def generate_agents(generator, agents: list[AgentRow], items: list[tuple[str, in
     return out
 
 
-def static_targets(generator, agent_runs: dict[str, MethodRun]) -> dict[str, float]:
-    """The total-FLOPs targets of the static search: each agent's mean, then FastVAR's."""
-    from generator.protocol import total_flops_fraction
+def static_targets(generator, agents: list[AgentRow], agent_runs: dict[str, MethodRun]) -> dict[str, float]:
+    """The total-FLOPs targets of the static search, per agent row: the agent's mean total FLOPs; for an
+    n/a row (no images) its budget, a transformer fraction, as the total fraction of an image that spends
+    it (decoder and text encoder added, as FastVAR's target is computed); then FastVAR's."""
+    from generator.protocol import total_flops_fraction, total_fraction_of_used
     from generator.schedules import FastVARSchedule, schedule_ratios
 
-    targets = {name: float(np.mean([r["total_flops_fraction"] for r in m.records])) for name, m in agent_runs.items()}
+    targets = {}
+    for row in agents:
+        if row.na is not None:
+            targets[row.name] = total_fraction_of_used(generator, row.budget * generator.flops_full())
+        else:
+            targets[row.name] = float(np.mean([r["total_flops_fraction"] for r in agent_runs[row.name].records]))
     targets["fastvar"] = total_flops_fraction(generator, schedule_ratios(FastVARSchedule(), generator.num_scales))
     return targets
+
+
+def random_target(row: AgentRow, agent_runs: dict[str, MethodRun]) -> tuple[float, str]:
+    """The transformer FLOPs a row's random schedules may spend, and what it is: the agent's mean, or the
+    budget itself where the agent is n/a."""
+    if row.na is not None:
+        return float(row.budget), f"the budget; {row.name} is n/a there"
+    return float(np.mean([r["flops_fraction"] for r in agent_runs[row.name].records])), f"{row.name}'s mean: never above"
 
 
 def static_levers(agents: list[AgentRow], first: int) -> dict:
@@ -211,14 +235,16 @@ def static_baselines(models: Models, first: int, targets: dict[str, float], val_
                                    batch_size=settings.batch_size, oracle_candidates=static.oracle_candidates, log=log)
     log(f"static search: {found.info}")
     widths, n = tuple(generator.scale_widths), generator.num_scales
+    na = {row.name: row for row in models.agents if row.na is not None}
     out = {}
     for label, res in found.search.items():
         suffix = (agent_suffix(label, len(models.agents)) if label.startswith("rl:") else f"@{label}")
         name = "best_static" + suffix
         whose = f"{label}'s" if label.startswith("rl:") else "the compared runs'"
+        target = label if label not in na else f"{label}'s budget {na[label].budget:g}; the agent is n/a there"
         images, recs = generate_method(generator, MethodSpec(schedule=res.schedule), items, settings, pool)
         out[name] = MethodRun(name, "best_static", f"{res.schedule.describe(widths)}; chosen on {len(val_items)} "
-                              f"validation images by quality at total FLOPs <= {res.target_total_fraction:.3f} ({label}), "
+                              f"validation images by quality at total FLOPs <= {res.target_total_fraction:.3f} ({target}), "
                               f"with {whose} levers ({found.levers[label].describe(n)})", images, recs, static_label=label)
         for kind, choice in found.oracles.get(label, {}).items():
             oname = kind + suffix
@@ -235,14 +261,14 @@ def static_baselines(models: Models, first: int, targets: dict[str, float], val_
 def generate_random(generator, agents: list[AgentRow], agent_runs: dict[str, MethodRun], items: list[tuple[str, int]],
                     settings: GenerationSettings, pool) -> dict[str, MethodRun]:
     """Per agent row, a random schedule per image with the agent's levers (its controllable scales, CFG-drop
-    flags where it may drop the branch) at transformer FLOPs within ``TOLERANCE`` below the agent's mean, never
-    above (each row's own ``np.random.default_rng(0)``)."""
+    flags where it may drop the branch) at transformer FLOPs within ``TOLERANCE`` below the agent's mean (the
+    budget, for an n/a row), never above (each row's own ``np.random.default_rng(0)``)."""
     from evaluation.random_schedules import TOLERANCE, random_schedule_at
 
     out = {}
     for row in agents:
         rng = np.random.default_rng(0)
-        target_t = float(np.mean([r["flops_fraction"] for r in agent_runs[row.name].records]))
+        target_t, what = random_target(row, agent_runs)
         drop = bool(row.run.env.allow_drop_unconditional)
         rand = tuple(random_schedule_at(generator, target_t, row.run.first_controllable, rng, row.run.env.skip_threshold,
                                         allow_drop=drop) for _ in items)
@@ -250,7 +276,7 @@ def generate_random(generator, agents: list[AgentRow], agent_runs: dict[str, Met
         images, recs = generate_method(generator, MethodSpec(per_item=rand), items, settings, pool)
         out[name] = MethodRun(name, "random", f"uniform random ratios per image on {row.name}'s controllable scales"
                               + (", and random CFG-drop flags (it may drop the branch)" if drop else "")
-                              + f", each at transformer FLOPs <= {target_t:.3f} ({row.name}'s mean: never above), "
+                              + f", each at transformer FLOPs <= {target_t:.3f} ({what}), "
                               f"within {TOLERANCE:g} below it wherever a draw gets there", images, recs)
     return out
 
@@ -322,7 +348,7 @@ def generate_all(plan: ComparePlan, models: Models, suite, pool, log: Callable[[
     methods.update(agent_runs)
     static = None
     if req.static.enabled:
-        static, static_runs = static_baselines(models, plan.first_controllable, static_targets(models.generator, agent_runs),
+        static, static_runs = static_baselines(models, plan.first_controllable, static_targets(models.generator, models.agents, agent_runs),
                                                plan.items.search, items, refs, req.static, req.generation, pool, log)
         methods.update(static_runs)
     methods.update(generate_random(models.generator, models.agents, agent_runs, items, req.generation, pool))

@@ -4,10 +4,15 @@ image is generated.
 ``resolve_plan`` turns a :class:`CompareRequest` (the command line, typed) into a :class:`ComparePlan`:
 the runs (their configs and model files on disk, one generator and one quality weighting between them),
 the test and search items (prompt files, grammar, duplicates, overlap), the budgets (syntax,
-duplicates, each absolute budget inside every budget-conditioned run's trained range) and the output
+duplicates, each absolute budget in (0, 1]) and the output
 and cache paths. It builds no generator and no metric model. Budgets given as a multiple of FastVAR's
 FLOPs ("0.8fastvar") need the generator's FLOPs model for their value: ``agent_rows`` checks those as
 soon as the generator exists, still before the first image.
+
+A budget (in (0, 1]) outside a budget-conditioned run's trained range is not an error: that run's agent
+row there is "n/a" (no image is generated for it, ``AgentRow.na`` says why), while FastVAR, the best
+static schedule, the oracles and the random schedule are still computed at the budget itself (issue
+#24: near-lossless budgets such as 0.95 beside the trained ones).
 
 Every failure is a ``ValueError`` / ``FileNotFoundError`` / ``RunError`` naming the flag, the value
 given and what is allowed (the CLI prints it and exits with status 2).
@@ -140,11 +145,14 @@ class ItemSets:
 @dataclass(frozen=True)
 class AgentRow:
     """One agent row of the table: ``name`` ("rl:LABEL", "rl:LABEL@0.300" when several budgets), its
-    run and the FLOPs budget it is given (None for a run that is not budget-conditioned)."""
+    run and the FLOPs budget it is given (None for a run that is not budget-conditioned). ``na``: why the
+    agent has no images at this budget ("budget 0.95 outside the trained range [0.25, 0.6]"), None where
+    it is run; the row's static, oracle and random baselines are computed at the budget either way."""
 
     name: str
     run: RunInfo
     budget: float | None
+    na: str | None = None
 
     @property
     def note(self) -> str:
@@ -234,31 +242,43 @@ def budget_request(budget: float | None, budgets: tuple[str, ...] | None) -> Bud
     return BudgetRequest(specs, explicit)
 
 
-def _check_in_range(budget: float, run: RunInfo) -> None:
+def check_budget_value(token: str, budget: float) -> None:
+    """A budget is a fraction of the unpruned transformer FLOPs in (0, 1] (ValueError naming the token)."""
+    if not (budget == budget and 0.0 < budget <= 1.0 + BUDGET_TOLERANCE):
+        given = "" if token == f"{budget:g}" else f" ({token})"
+        raise ValueError(f"--budgets: budget {budget:.4f}{given} is outside (0, 1]: a budget is a fraction of the "
+                         "unpruned transformer FLOPs")
+
+
+def outside_range(budget: float, run: RunInfo) -> str | None:
+    """Why ``run``'s agent is n/a at ``budget`` ("budget 0.95 outside the trained range [0.25, 0.6]"), or
+    None where the budget lies in the range it was trained on."""
     lo, hi = run.env.budget_range
-    if not lo - BUDGET_TOLERANCE <= budget <= hi + BUDGET_TOLERANCE:
-        raise ValueError(f"budget {budget:.4f} is outside the range {run.path} was trained on [{lo:g}, {hi:g}]")
+    if lo - BUDGET_TOLERANCE <= budget <= hi + BUDGET_TOLERANCE:
+        return None
+    return f"budget {budget:.3g} outside the trained range [{lo:g}, {hi:g}]"
 
 
 def check_budgets_fit_runs(budgets: BudgetRequest, runs: tuple[RunInfo, ...]) -> None:
-    """Explicit budgets need budget-conditioned runs; an absolute budget must lie in each run's trained
-    range (multiples of FastVAR's are checked by ``agent_rows``, which knows FastVAR's fraction)."""
+    """Explicit budgets need budget-conditioned runs; an absolute budget must lie in (0, 1] (multiples of
+    FastVAR's are checked by ``agent_rows``, which knows FastVAR's fraction). One outside a run's trained
+    range is allowed: that run's agent row is n/a there (``agent_rows``)."""
+    for spec in budgets.specs:
+        if not spec.of_fastvar:
+            check_budget_value(spec.token, spec.value)
     for run in runs:
-        if run.env.budget_range is None:
-            if budgets.explicit:
-                raise ValueError(f"--budget/--budgets given but {run.path} is not budget-conditioned (trained without "
-                                 "--budget-range)")
-            continue
-        for spec in budgets.specs:
-            if not spec.of_fastvar:
-                _check_in_range(spec.value, run)
+        if run.env.budget_range is None and budgets.explicit:
+            raise ValueError(f"--budget/--budgets given but {run.path} is not budget-conditioned (trained without "
+                             "--budget-range)")
 
 
 def agent_rows(runs: tuple[RunInfo, ...], budgets: BudgetRequest, fastvar_fraction: float) -> list[AgentRow]:
     """Every agent row: a budget-conditioned run once per budget, any other run once. ``fastvar_fraction``:
-    FastVAR's transformer FLOPs fraction on this generator. A budget outside a run's trained range, or
-    twice, is an error naming it."""
+    FastVAR's transformer FLOPs fraction on this generator. A budget outside (0, 1], or twice, is an error
+    naming it; one outside a run's trained range gives that run an n/a row (``AgentRow.na``)."""
     wanted = [s.fraction(fastvar_fraction) for s in budgets.specs]
+    for spec, b in zip(budgets.specs, wanted):
+        check_budget_value(spec.token, b)
     if len({round(b, 6) for b in wanted}) != len(wanted):
         raise ValueError(f"--budgets lists a budget twice: {' '.join(budgets.tokens)}")
     rows = []
@@ -270,9 +290,22 @@ def agent_rows(runs: tuple[RunInfo, ...], budgets: BudgetRequest, fastvar_fracti
             rows.append(AgentRow(f"rl:{run.label}", run, None))
             continue
         for b in wanted:
-            _check_in_range(b, run)
-            rows.append(AgentRow(f"rl:{run.label}" + ("" if len(wanted) == 1 else f"@{b:.3f}"), run, b))
+            rows.append(AgentRow(f"rl:{run.label}" + ("" if len(wanted) == 1 else f"@{b:.3f}"), run, b,
+                                 na=outside_range(b, run)))
     return rows
+
+
+def check_rows_reachable(rows: list[AgentRow], floor_fraction) -> None:
+    """Every n/a row's budget can be met by some schedule with its run's levers: ``floor_fraction(run)`` is
+    the transformer FLOPs fraction with every controllable scale skipped (the static and random baselines
+    are computed at the budget itself; an in-range budget is at or above it by training's own check)."""
+    for row in rows:
+        if row.na is None:
+            continue
+        floor = float(floor_fraction(row.run))
+        if row.budget < floor - BUDGET_TOLERANCE:
+            raise ValueError(f"--budgets: budget {row.budget:.4f} is below {floor:.4f}, the cheapest schedule on "
+                             f"{row.run.path}'s controllable scales (every one skipped): no schedule can meet it")
 
 
 def latest_run(runs_dir: Path) -> Path:

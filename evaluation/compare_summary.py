@@ -115,12 +115,14 @@ def add_static_evidence(summary: dict, static, methods: dict, generator, items: 
 
 
 def budget_rows(agents: list[AgentRow]) -> list[dict]:
-    """Per agent row: its run, budget and the names of its best-static, oracle (in-sample, cross-validated,
-    per-image) and random rows."""
+    """Per agent row: its run, budget and the names of its agent (``"n/a: WHY"`` where the budget is outside
+    the run's trained range: no images), best-static, oracle (in-sample, cross-validated, per-image) and
+    random rows; ``agent_row`` is the agent row's name either way."""
     out = []
     for row in agents:
         suffix = agent_suffix(row.name, len(agents))
-        out.append({"agent": row.name, "run": str(row.run.path), "budget": row.budget,
+        out.append({"agent": row.name if row.na is None else f"n/a: {row.na}", "agent_row": row.name,
+                    "run": str(row.run.path), "budget": row.budget,
                     "best_static": "best_static" + suffix, "oracle": "oracle" + suffix, "oracle_cv": "oracle_cv" + suffix,
                     "oracle_image": "oracle_image" + suffix, "random": "random" + suffix})
     return out
@@ -154,9 +156,11 @@ def paired_comparisons(agents: list[AgentRow], per_method: dict[str, list[dict]]
     budget against each other (ablations), and the static baselines at FastVAR's FLOPs vs FastVAR."""
     from evaluation.scoreboard import paired_rows
 
+    num_rows = len(agents)  # the baselines' names count every agent row, n/a ones included
+    agents = [row for row in agents if row.na is None]  # n/a rows have no images to pair
     out = {}
     for row in agents:
-        suffix = agent_suffix(row.name, len(agents))
+        suffix = agent_suffix(row.name, num_rows)
         for other in ("fastvar", "best_static" + suffix, "best_static@fastvar", "oracle_cv" + suffix, "oracle" + suffix):
             if other in per_method:
                 out[f"{row.name} vs {other}"] = paired_rows(per_method[row.name], per_method[other], PAIRED_METRICS)
@@ -204,6 +208,11 @@ def build_summary(plan: ComparePlan, models, suite, methods: dict, per_method: d
     summary["methods"] = method_summaries(methods, per_method, distribution)
     if static is not None:
         add_static_evidence(summary, static, methods, models.generator, plan.items.test)
+        for row in models.agents:  # what each agent row's target is: its images' mean, or its budget where it is n/a
+            if row.name in summary["static_search"]:
+                summary["static_search"][row.name]["target_from"] = (
+                    "the agent's mean total FLOPs" if row.na is None else
+                    f"the budget {row.budget:g} (transformer) as a total fraction: the agent is n/a ({row.na})")
     summary["budgets"] = budget_rows(models.agents)
     for entry in summary["budgets"]:
         entry["gap_captured"] = gap_captured(summary["methods"], entry)

@@ -47,12 +47,25 @@ def _shown(summary: dict, columns) -> list:
     return keep
 
 
+def na_agents(summary: dict) -> list[dict]:
+    """The per-budget entries whose agent is n/a (its budget outside the run's trained range: no images);
+    their ``agent`` is "n/a: WHY", ``agent_row`` the row's name."""
+    return [e for e in summary.get("budgets") or [] if e["agent"] not in summary["methods"]
+            and str(e["agent"]).startswith("n/a")]
+
+
+def _na_row(label: str, columns) -> str:
+    return f"| {label} | " + " | ".join("n/a" for _ in columns) + " |"
+
+
 def markdown_table(summary: dict) -> str:
     cols = _shown(summary, TABLE_METRICS)
     lines = ["| method | " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for name, m in summary["methods"].items():
         label = f"{name} (upper bound)" if m.get("upper_bound") else name
         lines.append(_row(label, m["metrics"], cols))
+    for e in na_agents(summary):
+        lines.append(_na_row(e.get("agent_row", "agent"), cols))
     lines.append("")
     lines.append(f"Mean ± 95% CI clustered by prompt ({summary['num_prompts']} prompts × seeds {summary['seeds']} = "
                  f"{summary['num_images']} images; {summary['statistics']}). DomainEval: the independent judge "
@@ -65,6 +78,9 @@ def markdown_table(summary: dict) -> str:
     for name, m in summary["methods"].items():
         if m.get("note"):
             lines.append(f"- {name}: {m['note']}")
+    for e in na_agents(summary):
+        lines.append(f"- {e.get('agent_row', 'agent')}: {e['agent']} (no images; its best static, oracle and random "
+                     "rows are at the budget itself)")
     for kind, why in summary.get("oracles", {}).get("left_out", {}).items():
         lines.append(f"- {kind}: {why}")
     for metric, why in summary.get("unavailable", {}).items():
@@ -161,6 +177,12 @@ def budget_table(summary: dict) -> str:
             if nm in methods:
                 label = nm + (" (upper bound)" if methods[nm].get("upper_bound") else "")
                 lines.append(f"| {b} " + _row(label, methods[nm]["metrics"], cols))
+            elif nm == e["agent"] and str(nm).startswith("n/a"):
+                lines.append(f"| {b} " + _na_row(f"{e.get('agent_row', 'agent')}: {nm}", cols))
+        if e["agent"] not in methods and str(e["agent"]).startswith("n/a"):
+            gaps.append(f"- {e.get('agent_row', 'agent')} (budget {b}): {e['agent']}; the best static, oracle and random "
+                        "rows are at the budget itself")
+            continue
         comp = paired.get(f"{e['agent']} vs {e['best_static']}")
         parts = []
         for k, t in keys:
@@ -370,6 +392,11 @@ def pareto_plot(summary: dict, path: Path) -> None:
     if marks:
         fig.legend(handles=marks, loc="upper left", bbox_to_anchor=(0.81, 0.5), fontsize=8, frameon=False,
                    title="transformer FLOPs budget (marker)", title_fontsize=8, alignment="left")
+    na = na_agents(summary)
+    if na:  # no point to draw: said beside the legends
+        fig.text(0.81, 0.12, "agent n/a (no images):\n" + "\n".join(
+            f"{e.get('agent_row', 'agent')}: {e['agent'].removeprefix('n/a: ')}" for e in na), fontsize=7, va="top",
+            wrap=True)
     fig.suptitle(f"test prompts, mean ± 95% CI clustered by prompt ({summary['num_prompts']} prompts); colour = family, "
                  f"marker = budget", fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.8, 1))

@@ -127,12 +127,10 @@ def state_record(generator, state, latency_s: float | None, b: int = 0) -> dict:
 
 
 def reward_of(reward_config, quality: float, transformer_fraction: float, budget: float | None) -> float:
-    """The run's episode reward from its quality terms: FLOPs bonus + quality - budget penalty (the env's
-    formula; budget = the reward's fixed budget, or the episode budget of a budget-conditioned run)."""
-    c = reward_config
-    b = c.flops_budget if budget is None else budget
-    excess = 0.0 if b is None else max(0.0, transformer_fraction - b)
-    return c.flops_weight * (1.0 - transformer_fraction) + quality - c.budget_penalty * excess
+    """The run's episode reward from its quality terms: FLOPs bonus + quality - budget penalty, computed by
+    the reward itself (``RewardConfig.episode_reward``, the formula the env's step and terminal rewards
+    use; budget = the reward's fixed budget, or the episode budget of a budget-conditioned run)."""
+    return reward_config.episode_reward(quality, transformer_fraction, budget)
 
 
 # ---- summaries --------------------------------------------------------------------------------------

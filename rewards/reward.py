@@ -12,7 +12,9 @@ unpruned reference ``x0`` for prompt ``p``:
 
 Every quality term is exactly 0 when nothing is pruned (x == x0), so an all-zero episode scores 0.
 The quality terms are written once, in ``RewardConfig.quality`` (the reward and the evaluation's
-``QualityScorer`` both use it).
+``QualityScorer`` both use it); the FLOPs term in ``RewardConfig.flops_bonus``, the budget term in
+``RewardConfig.close``, and an episode's sum of both in ``RewardConfig.episode_reward`` (the env's step
+and terminal rewards and the scoreboard's reward column all call these).
 """
 
 from __future__ import annotations
@@ -123,6 +125,23 @@ class RewardConfig:
         budget = self.flops_budget if budget is None else budget
         return 0.0 if budget is None else max(0.0, float(used_fraction) - budget)
 
+    def flops_bonus(self, flops_saved_fraction: float) -> float:
+        """The FLOPs term: ``flops_weight`` times a FLOPs fraction saved (one scale's, in the env's step
+        reward; the whole episode's ``1 - u``, in ``episode_reward``)."""
+        return self.flops_weight * float(flops_saved_fraction)
+
+    def close(self, quality: float, used_fraction: float, budget: float | None = None) -> float:
+        """The terminal reward from its quality terms (``quality``): quality - budget_penalty * the budget
+        excess. ``RewardFunction.terminal`` / ``terminal_batch`` return exactly this."""
+        return float(quality - self.budget_penalty * self.budget_excess(used_fraction, budget))
+
+    def episode_reward(self, quality: float, used_fraction: float, budget: float | None = None) -> float:
+        """An episode's whole reward from its quality terms and the FLOPs fraction it spent: the step rewards'
+        sum ``flops_bonus(1 - u)`` (the env sums it scale by scale, equal up to float rounding) plus the
+        terminal reward ``close``. ``budget``: the episode's budget (budget-conditioned runs), else
+        ``flops_budget``. What the scoreboard's "reward (run's)" column reports."""
+        return self.flops_bonus(1.0 - float(used_fraction)) + self.close(quality, used_fraction, budget)
+
 
 class RewardFunction:
     """Computes the reward terms; ``clip`` / ``lpips`` are needed only when their weights are > 0."""
@@ -138,7 +157,7 @@ class RewardFunction:
 
     def step_reward(self, flops_saved_fraction: float) -> float:
         """Reward for one scale: ``flops_weight`` times the FLOPs it saved (fraction of the full total)."""
-        return self.config.flops_weight * float(flops_saved_fraction)
+        return self.config.flops_bonus(flops_saved_fraction)
 
     def terminal(self, image: torch.Tensor, reference: torch.Tensor, prompt: str, used_fraction: float,
                  reference_clip: float | None = None, budget: float | None = None) -> tuple[float, dict]:
@@ -161,7 +180,7 @@ class RewardFunction:
         quality = c.quality(terms["ssim"], terms["psnr"], clip_delta=terms.get("clip_delta"), lpips=terms.get("lpips"))
         excess = c.budget_excess(used_fraction, budget)
         terms.update(flops_fraction=float(used_fraction), budget_excess=excess, quality_reward=quality)
-        return float(quality - c.budget_penalty * excess), terms
+        return c.close(quality, used_fraction, budget), terms
 
     def terminal_batch(self, images: torch.Tensor, references: torch.Tensor, prompts: list[str],
                        used_fractions: list[float], reference_clips: list[float] | None = None,

@@ -169,7 +169,8 @@ def test_generate_with_a_budget_conditioned_agent_and_no_budget_uses_fastvars_fl
 
 def test_evaluate_agent_budgets_give_one_agent_row_per_budget(budget_run, tmp_path, capsys):
     """--budgets: the run once per budget, each with its own rows in summary['budgets']; budgets outside
-    the trained range and duplicates are errors naming them."""
+    (0, 1] and duplicates are errors naming them (one outside the trained range is an n/a agent row:
+    tests/test_evaluate.py)."""
     import json
 
     import evaluate_agent
@@ -190,9 +191,8 @@ def test_evaluate_agent_budgets_give_one_agent_row_per_budget(budget_run, tmp_pa
         assert summary["methods"][name]["metrics"]["flops_fraction"]["mean"] <= b + 1e-9
     assert "random:b@0.500" in summary["methods"]
     assert "Per budget" in (out / "table.md").read_text()
-    assert evaluate_agent.main(base + ["--budgets", "0.3", "0.9", "--out", str(tmp_path / "x")]) == 2
-    err = capsys.readouterr().err
-    assert "budget 0.9000 is outside the range" in err and "[0.25, 0.6]" in err
+    assert evaluate_agent.main(base + ["--budgets", "0.3", "1.5", "--out", str(tmp_path / "x")]) == 2
+    assert "--budgets: budget 1.5000 is outside (0, 1]" in capsys.readouterr().err
     assert evaluate_agent.main(base + ["--budgets", "0.3", "0.30", "--out", str(tmp_path / "x")]) == 2
     assert "twice" in capsys.readouterr().err
 

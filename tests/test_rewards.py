@@ -185,3 +185,39 @@ def test_reference_cache_generates_once_evicts_and_persists(tmp_path, clip):
         f.write_bytes(b"damaged")
     d, _ = ReferenceCache(directory=tmp_path).get_or_create(("p", 0), make(0))
     assert torch.equal(d, a) and calls == [0, 1, 2, 0]  # a damaged entry is regenerated, never trusted
+
+
+@pytest.mark.parametrize("budget_range", [None, (0.25, 0.6)])
+def test_scoreboard_reward_column_is_the_envs_episode_reward(budget_range):
+    """The scoreboard's "reward (run's)" column (``evaluation.scoreboard.reward_of``) is the episode reward the
+    env pays: on an env episode with every term non-zero (FLOPs bonus, SSIM term, a budget exceeded), the
+    terminal reward is exactly ``RewardConfig.close`` of its quality and FLOPs (the same code), and
+    ``reward_of`` of the episode's quality, FLOPs fraction and budget equals the sum of the env's step and
+    terminal rewards (the step rewards summed scale by scale: equal up to float rounding). A fixed budget
+    and a budget-conditioned episode (its budget passed as the episode's; the budget guard switched off so
+    that the episode exceeds it)."""
+    import numpy as np
+
+    from envs.config import EnvConfig
+    from envs.var_prune import VarPruneEnv
+    from evaluation.scoreboard import reward_of
+
+    cfg = RewardConfig(flops_weight=0.7, ssim_weight=1.5, flops_budget=None if budget_range else 0.3, budget_penalty=4.0)
+    env = VarPruneEnv(EnvConfig(budget_range=budget_range, prompt_embedding_dim=0, reward=cfg))
+    env.guard = None  # the guard would keep the episode within its budget: the penalty is for what it does not cover
+    budget = 0.25 if budget_range else None
+    env.reset(seed=0, options={"prompt": RED, "seed": 1, **({"budget": budget} if budget_range else {})})
+    total, done, k = 0.0, False, 0
+    while not done:  # prune a little on every controllable scale: FLOPs saved, quality lost, the budget exceeded
+        ratio = 0.25 if k < 3 else 0.5
+        _, reward, done, _, info = env.step(env.ratio_to_action(ratio))
+        total += reward
+        k += 1
+    u, q = info["flops_fraction"], info["quality_reward"]
+    assert 1.0 - u > 0.01 and q < -1e-3 and info["budget_excess"] > 0.01, info  # every term is non-zero
+    assert info["terminal_reward"] == cfg.close(q, u, budget)
+    assert info["terminal_reward"] == q - 4.0 * (u - (budget or 0.3))
+    assert reward_of(cfg, q, u, budget) == pytest.approx(total, rel=0, abs=1e-12)
+    assert reward_of(cfg, q, u, budget) == cfg.episode_reward(q, u, budget)
+    assert reward_of(cfg, q, u, budget) == pytest.approx(0.7 * (1 - u) + q - 4.0 * (u - (budget or 0.3)), abs=1e-12)
+    assert np.isfinite(total)
