@@ -104,18 +104,17 @@ def val_items(settings: FrontierSettings, grammar: bool = True) -> list[tuple[st
     return check_items(prompts, list(settings.val_seeds), f"--frontier-prompts {settings.val_source}", grammar)
 
 
-def build_frontier(generator, reward_fn, first: int, settings: FrontierSettings = FrontierSettings(),
-                   log: Callable[[str], None] = print) -> tuple[Frontier, dict]:
-    """The frontier (module docstring) and every pool schedule's validation quality ({schedule: quality})."""
+def build_pool(generator, reward_fn, first: int, items: list[tuple[str, int]], settings: FrontierSettings,
+               log: Callable[[str], None] = print) -> tuple[object, dict, dict]:
+    """The shared pool (module docstring) on ``items``: (the validation ``GridEvaluator``, {schedule: mean
+    QUALITY}, what it covers)."""
     from evaluation.scoreboard import _validation_pass
 
-    t0 = time.time()
     flops = FlopsTable(generator)
     guided = guided_scales(generator)
-    items = val_items(settings, grammar=getattr(generator, "backend", "") == "tiny")
     grid = grid_schedules(generator, first, allow_drop=settings.allow_drop)
     exhaustive = [s for s in grid if flops.transformer(s) <= settings.exhaustive_max + 1e-12]
-    log(f"frontier: {len(exhaustive)} of {len(grid)} grid schedules spend <= {settings.exhaustive_max:g} of the "
+    log(f"frontier pool: {len(exhaustive)} of {len(grid)} grid schedules spend <= {settings.exhaustive_max:g} of the "
         f"transformer FLOPs (all evaluated); a greedy descent from the unpruned schedule covers the rest "
         f"({len(items)} validation items, cache {settings.cache_dir})")
     val_eval, quality = _validation_pass(generator, exhaustive, items, reward_fn, settings.cache_dir, settings.batch_size)
@@ -129,15 +128,24 @@ def build_frontier(generator, reward_fn, first: int, settings: FrontierSettings 
     unpruned = StaticSchedule((0.0,) * generator.num_scales)
     path = greedy_descent(unpruned, settings.exhaustive_max, flops.transformer, mean_quality, first, guided,
                           settings.allow_drop, settings.descent_rounds)
+    info = {"pool": len(quality), "exhaustive_max": settings.exhaustive_max, "exhaustive": len(exhaustive),
+            "descent_evaluated": len(path), "allow_drop": settings.allow_drop, "first_controllable_scale": first,
+            "covers": f"every grid schedule <= {settings.exhaustive_max:g} of the transformer FLOPs; above that the "
+                      "greedy descent's path from the unpruned schedule and its cheaper neighbours"}
+    return val_eval, quality, info
+
+
+def build_frontier(generator, reward_fn, first: int, settings: FrontierSettings = FrontierSettings(),
+                   log: Callable[[str], None] = print) -> tuple[Frontier, dict]:
+    """The frontier (module docstring) and every pool schedule's validation quality ({schedule: quality})."""
+    t0 = time.time()
+    flops = FlopsTable(generator)
+    items = val_items(settings, grammar=getattr(generator, "backend", "") == "tiny")
+    _, quality, info = build_pool(generator, reward_fn, first, items, settings, log)
     points = pareto_frontier([(s, flops.transformer(s), q) for s, q in quality.items()])
     entries = tuple(FrontierEntry(t, s, t, flops.total(s), q) for s, t, q in points)
     info = {"val_items": f"{settings.val_source}: {len(dict.fromkeys(p for p, _ in items))} prompts x seeds "
-                         f"{list(settings.val_seeds)}",
-            "pool": len(quality), "exhaustive_max": settings.exhaustive_max, "exhaustive": len(exhaustive),
-            "descent_evaluated": len(path), "allow_drop": settings.allow_drop, "first_controllable_scale": first,
-            "covers": f"every grid schedule <= {settings.exhaustive_max:g} of the transformer FLOPs; above that the "
-                      "greedy descent's path from the unpruned schedule and its cheaper neighbours",
-            "seconds": round(time.time() - t0, 1)}
+                         f"{list(settings.val_seeds)}", **info, "seconds": round(time.time() - t0, 1)}
     frontier = Frontier(entries, generator.num_scales, first, generator.fingerprint(), info)
     log(f"frontier: {len(entries)} Pareto schedules from a pool of {len(quality)} ({info['seconds']} s)")
     return frontier, quality

@@ -213,6 +213,8 @@ ORACLE_KINDS = {
     "oracle_image": ("per test image, the candidate best on that image itself",
                      "UPPER BOUND on choosing per image among these candidates; includes seed noise"),
 }
+#: above this many grid schedules within the largest target the static search uses the frontier pool
+EXHAUSTIVE_LIMIT = 600
 ONE_SEED_NOTE = "left out: the cross-validated oracle needs >= 2 seeds per prompt (run with --seeds 0 1 ...)"
 
 
@@ -306,7 +308,8 @@ def build_static_baselines(generator, targets: dict[str, float], levers: dict[st
     the CFG-drop options are in it only if some target's levers allow them."""
     import time
 
-    from evaluation.static_search import FlopsTable, grid_schedules, guided_scales, pareto_frontier, search_best_static
+    from evaluation.static_search import (GRID_RATIOS, FlopsTable, grid_schedules, guided_scales, pareto_frontier,
+                                          search_best_static)
 
     if set(levers) != set(targets):
         raise ValueError(f"need levers for every target: targets {sorted(targets)}, levers {sorted(levers)}")
@@ -322,8 +325,22 @@ def build_static_baselines(generator, targets: dict[str, float], levers: dict[st
     fits = [s for s in grid if flops.total(s) <= top + 1e-12]
     log(f"static grid: {len(grid)} schedules on scales {first}..{generator.num_scales - 1} "
         f"({{{', '.join(f'{r:g}' for r in grid_ratios)}}} x CFG {'kept/dropped' if drop_any else 'kept'} + skip); "
-        f"{len(fits)} within the largest target ({top:.3f} of the total FLOPs) are evaluated, the others never generated")
-    val_eval, val_q = _validation_pass(generator, fits, val_items, reward_fn, cache_dir, batch_size)
+        f"{len(fits)} within the largest target ({top:.3f} of the total FLOPs)")
+    if len(fits) > EXHAUSTIVE_LIMIT and tuple(grid_ratios) == GRID_RATIOS:
+        # near-lossless targets let most of the grid through: search the frontier's shared pool instead
+        # (exhaustive where few schedules fit, a greedy descent above; evaluation.frontier_build)
+        from evaluation.frontier_build import FrontierSettings, build_pool
+
+        val_eval, val_q, covers = build_pool(generator, reward_fn, first, val_items,
+                                             FrontierSettings(allow_drop=drop_any, cache_dir=cache_dir,
+                                                              batch_size=batch_size), log)
+        fits = [s for s in val_q if flops.total(s) <= top + 1e-12]
+        grid, space = list(val_q), f"the frontier pool ({covers['covers']})"
+        log(f"static grid: over {EXHAUSTIVE_LIMIT} fit, so the frontier pool is searched: {covers['covers']} "
+            f"({len(fits)} schedules within the largest target)")
+    else:
+        val_eval, val_q = _validation_pass(generator, fits, val_items, reward_fn, cache_dir, batch_size)
+        space = "the exhaustive grid"
     guided = guided_scales(generator)
     searches = {label: search_best_static(grid, flops.total, val_eval.mean_quality, target, first, guided,
                                           max_ratio=levers[label].skip_threshold, refine_rounds=refine_rounds,
@@ -344,7 +361,7 @@ def build_static_baselines(generator, targets: dict[str, float], levers: dict[st
     for label, pool in pools.items():
         oracles[label], left_out = oracle_choices({s: test_results[s]["quality"] for s in pool}, test_items, pool)
     n = generator.num_scales
-    info = {"grid_ratios": list(grid_ratios), "grid_size": len(grid), "grid_drops_cfg": drop_any,
+    info = {"search_space": space, "grid_ratios": list(grid_ratios), "grid_size": len(grid), "grid_drops_cfg": drop_any,
             "grid_fitting_largest_target": len(fits), "largest_target_total_fraction": top,
             "levers": {label: lv.describe(n) for label, lv in levers.items()},
             "val_items": len(val_items), "val_schedules_generated": val_eval.generated, "val_seconds": round(t_val, 1),
