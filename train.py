@@ -250,8 +250,11 @@ def plan_new_run(args) -> RunPlan:
         from envs.residual import FRONTIER_FILE
 
         if frontier is None:
-            frontier = search_frontier(env_cfg, frontier_settings(args, env_cfg))
-        frontier.save(run / FRONTIER_FILE)
+            search_frontier(env_cfg, frontier_settings(args, env_cfg)).save(run / FRONTIER_FILE)
+        else:
+            import shutil
+
+            shutil.copyfile(args.frontier, run / FRONTIER_FILE)
         residual = {"frontier": FRONTIER_FILE, "reward_mode": args.reward_mode, "source": str(args.frontier)}
     return RunPlan(run, args.algo, hp, args.seed, env_cfg, total, args.n_envs, args.vec_env, args.workers,
                    args.eval_freq, args.checkpoint_freq, args.val_prompts, args.eval_episodes, residual=residual)

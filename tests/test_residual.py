@@ -259,8 +259,8 @@ def test_train_ppo_residual_and_load_the_run(shared, tmp_path, capsys):
     short = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
              "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress",
              "--precompute-references", "off", "--out", str(tmp_path)]
-    assert train.main(short + ["--algo", "ppo-residual", "--name", "noflag"]) == 2
-    assert "needs --frontier" in capsys.readouterr().err
+    assert train.main(short + ["--algo", "ppo-residual", "--frontier", str(tmp_path / "none.json"), "--name", "nofile"]) == 2
+    assert "no such file" in capsys.readouterr().err
     assert train.main(short + ["--algo", "ppo", "--frontier", str(front), "--name", "x"]) == 2
     assert train.main(short + ["--algo", "ppo-residual", "--frontier", str(front), "--name", "r"]) == 0
     run = tmp_path / "r"
@@ -280,3 +280,28 @@ def test_train_ppo_residual_and_load_the_run(shared, tmp_path, capsys):
 
     with pytest.raises(RunError, match="budget"):
         load_agent_schedule(run, g)
+
+
+def test_model_selection_keeps_the_untrained_policy(shared, tmp_path):
+    """No evaluation beat it (none ran): the served model is the untrained one, which keeps the frontier."""
+    from agents.callbacks import lower_bound
+    from agents.schedule import load_agent_schedule
+
+    assert lower_bound([1.0]) == float("-inf") and lower_bound([0.1, 0.1, 0.1]) == pytest.approx(0.1)
+    assert lower_bound([0.5, -0.3, 0.4, -0.2]) < 0 < lower_bound([0.5, 0.3, 0.4, 0.2])
+    kw, frontier = shared
+    g = kw["generator"]
+    front = tmp_path / "frontier.json"
+    frontier.save(front, g.scale_widths)
+    args = ["--algo", "ppo-residual", "--frontier", str(front), "--total-timesteps", "64", "--eval-freq", "100000",
+            "--checkpoint-freq", "64", "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=4",
+            "--hp", "learning_rate=0.05", "--no-progress", "--precompute-references", "off", "--out", str(tmp_path),
+            "--name", "sel"]
+    assert train.main(args) == 0
+    run = tmp_path / "sel"
+    assert (run / "best_model.zip").read_bytes() != (run / "final_model.zip").read_bytes()
+    for budget in (0.3, 0.45):
+        agent = load_agent_schedule(run, g, budget=budget)
+        img, _ = g.generate(PROMPTS, [0, 1, 2], schedule=agent)
+        ref, _ = g.generate(PROMPTS, [0, 1, 2], schedule=frontier.schedule_for(budget))
+        assert torch.equal(img, ref)
