@@ -10,7 +10,6 @@ for code that calls exactly that; bind the current generation state first with `
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
@@ -28,13 +27,10 @@ def read_run_config(run_dir: str | Path) -> dict:
     run = Path(run_dir)
     if not run.is_dir():
         raise RunError(f"run directory {run} does not exist (train one with `python train.py --out {run.parent}`)")
+    from generator.weights_io import read_json_file
+
     path = run / "config.json"
-    if not path.is_file():
-        raise RunError(f"{path} is missing: {run} is not a train.py run directory")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunError(f"{path} is not valid JSON ({e})") from None
+    cfg = read_json_file(path, RunError, f"{path} is missing: {run} is not a train.py run directory")
     for key in ("algo", "env", "observation_layout"):
         if key not in cfg:
             raise RunError(f"{path} has no {key!r} entry: not a train.py run config")
@@ -112,10 +108,23 @@ def check_same_generator(cfg: dict, generator, run: Path) -> None:
                        f"--top-k are not given")
 
 
+def predict_rows(model, obs, masks=None) -> list:
+    """The policy's deterministic action for each row of ``obs``, one row at a time: a policy network
+    evaluated on a batch rounds differently (~1e-7) from the same rows alone, which can flip a threshold
+    or an argmax, and an image's decisions must not depend on the batch it is generated in. (An MLP call
+    is ~0.1 ms; a scale of the generator is tens of ms.)"""
+    out = []
+    for i in range(len(obs)):
+        kw = {} if masks is None else {"action_masks": masks[i:i + 1]}
+        a, _ = model.predict(obs[i:i + 1], deterministic=True, **kw)
+        out.append(np.asarray(a)[0])
+    return out
+
+
 class AgentSchedule:
     """Queries a trained SB3 policy (deterministically) for each controllable scale's ratio.
 
-    On a batch it decides per image, with one policy call per scale for the whole batch: ``ratio``
+    On a batch it decides per image (one policy call per image, ``predict_rows``): ``ratio``
     and ``drop_unconditional`` then return one value per image (a list), which
     ``generator.schedules.run_schedule`` passes to ``generator.step``. On a one-image state they
     return a float / bool, as the fixed schedules do. Each image's decision is the one it gets
@@ -139,7 +148,7 @@ class AgentSchedule:
         obs = self.observer.observe_batch(state, self.budget)
         if self.normalizer is not None:
             obs = self.normalizer(obs)
-        actions, _ = self.model.predict(obs, deterministic=True)
+        actions = predict_rows(self.model, obs)
         decisions = [self.actions.to_ratio(a) for a in actions]
         if self.guard is not None:  # each image kept within the budget on its own spend so far
             guarded = self.guard.decide_batch(state, [r for r, _ in decisions], [d for _, d in decisions],
@@ -276,8 +285,8 @@ class ResidualAgentSchedule(AgentSchedule):
     Per image and controllable scale it observes what ``VarPruneResidual-v0`` observes
     (``ObservationBuilder`` plus ``envs.residual_core.ResidualCore.extras``), takes the masked argmax of
     the policy (the env's action masks: invalid and over-budget moves are never chosen, so every image
-    stays within the budget) and applies that move to the frontier's decision for the budget. One
-    policy call per scale for the whole batch; an image's observation and masks do not depend on its
+    stays within the budget) and applies that move to the frontier's decision for the budget. The
+    policy is called per image (``predict_rows``); an image's observation and masks do not depend on its
     batch, so its moves are the ones it gets generated alone.
 
     ``moves(state)``: the moves (indices into ``envs.residual_core.MOVES``) it makes for each image of
@@ -297,7 +306,7 @@ class ResidualAgentSchedule(AgentSchedule):
         if self.normalizer is not None:
             obs = self.normalizer(obs)
         masks = self.core.masks(state, schedules, [self.budget] * state.batch)
-        actions, _ = self.model.predict(obs, deterministic=True, action_masks=masks)
+        actions = predict_rows(self.model, obs, masks)
         return [int(a) for a in np.asarray(actions).reshape(-1)]
 
     def decide(self, state) -> tuple[list[float], list[bool]]:

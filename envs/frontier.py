@@ -11,7 +11,6 @@ the text encoder; ``val_quality`` is the mean of the reward's quality terms on t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +113,10 @@ class Frontier:
 
     @classmethod
     def load(cls, path: str | Path) -> "Frontier":
-        p = Path(path)
-        if not p.is_file():
-            raise FrontierError(f"frontier file {p} does not exist (train.py writes RUN/frontier.json)")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise FrontierError(f"{p} is not valid JSON ({e})") from None
-        return cls.from_dict(d)
+        from generator.weights_io import read_json_file
+
+        return cls.from_dict(read_json_file(path, FrontierError,
+                                            f"frontier file {path} does not exist (train.py writes RUN/frontier.json)"))
 
     def check_generator(self, generator) -> None:
         """Raise if the frontier was searched on another generator (scales or model)."""

@@ -57,6 +57,18 @@ def jsonable(x):
     return x
 
 
+def read_json_file(path: str | Path, error: type[Exception], missing: str):
+    """A JSON file's content; a missing file or invalid JSON raises ``error`` naming the path (``missing``:
+    what to say when the file does not exist)."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(missing)
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{p} is not valid JSON ({e})") from None
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
