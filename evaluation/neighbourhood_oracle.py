@@ -59,6 +59,12 @@ def budget_report(budget: float, frontier, flops, guided: list, test_eval, items
            "frontier_test_quality": float(np.mean(quality[base])),
            "frontier_test_attribute": float(np.mean(results[base]["domain_attribute"]))}
     out["best_single_neighbour_test"] = max((float(np.mean(quality[s])), s.describe(widths)) for s in cands)
+    if near:  # the learning signal of a deviating episode: its quality, or its quality minus the frontier's
+        absolute = np.concatenate([quality[s] for s in near])
+        paired = np.concatenate([quality[s] - quality[base] for s in near])
+        out["reward_sd_of_a_move"] = {"absolute": float(np.std(absolute)), "paired": float(np.std(paired)),
+                                      "note": "QUALITY over test images x one-move neighbours; the env's paired "
+                                              "reward also caps the CLIP term of the difference at 0"}
     out["rows"] = [_choice_row("cv", cross_validated_oracle(quality, items, cands), cands, results, base, items),
                    _choice_row("image", per_image_oracle(quality, items, cands), cands, results, base, items)]
     return out
@@ -103,6 +109,9 @@ def run(budget_tokens: list[str], cache_dir: Path | None, test_seeds: tuple[int,
 def format_budget(rep: dict) -> str:
     lines = [f"budget {rep['token']} = {rep['budget']:.3f}: frontier {rep['frontier']} ({rep['frontier_transformer']:.3f}), "
              f"{rep['neighbours']} neighbours fit"]
+    if "reward_sd_of_a_move" in rep:
+        sd = rep["reward_sd_of_a_move"]
+        lines.append(f"  reward sd of a move: absolute {sd['absolute']:.3f}, paired {sd['paired']:.3f}")
     for r in rep["rows"]:
         q, a = r["quality"], r["domain_attribute"]
         lines.append(f"  {r['choice']:>5}: quality {q['gain']:+.4f} ± {q['ci95']:.4f}, DomainEval attribute "
