@@ -112,3 +112,25 @@ def test_built_frontier_is_the_pareto_set_of_its_pool(tmp_path, generator):
     base, near = neighbourhood(frontier, frontier.entries[-1].budget, flops, guided_scales(generator), allow_drop=False)
     assert base == frontier.entries[-1].schedule
     assert all(flops.transformer(s) <= frontier.entries[-1].budget + 1e-9 for s in near)
+
+
+def test_near_lossless_targets_search_the_frontier_pool(tmp_path, generator):
+    """A target that lets most of the 6,561-schedule grid through (0.95) is searched on the frontier's
+    pool (exhaustive <= 0.36, greedy descent above), not on thousands of grid schedules."""
+    from evaluation.scoreboard import EXHAUSTIVE_LIMIT, DomainEval, Levers, build_static_baselines
+    from rewards import RewardFunction
+    from rewards.reward import RewardConfig
+
+    rfn = RewardFunction(RewardConfig(clip_weight=0.0, lpips_weight=0.0))
+    flops = FlopsTable(generator)
+    item = [("a small red circle at the top left on a plain blue background", 0)]
+    test = [("a large green square in the center on a plain white background", 0)]
+    refs, _ = generator.generate([test[0][0]], [0])
+    target = flops.total(StaticSchedule((0.0,) * 3 + (0.25, 0.0, 0.0, 0.0)))  # ~0.95 of the total FLOPs
+    found = build_static_baselines(generator, {"lossless": target}, {"lossless": Levers(3, True)}, item, test, refs, rfn,
+                                   DomainEval(None, "off"), refine_rounds=0, oracle=False, cache_dir=tmp_path,
+                                   log=lambda _: None)
+    assert found.info["search_space"].startswith("the frontier pool")
+    assert found.info["grid_fitting_largest_target"] < EXHAUSTIVE_LIMIT
+    res = found.search["lossless"]
+    assert res.total_fraction <= target + 1e-12 and res.grid_points_evaluated == found.info["grid_fitting_largest_target"]
