@@ -11,7 +11,10 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
 from agents.normalization import load_obs_stats_into, save_obs_stats
-from generator.weights_io import atomic_write_bytes
+from generator.weights_io import atomic_write_bytes, atomic_write_json
+
+#: which evaluation a residual run's best_model.zip comes from (step 0: the untrained policy, the frontier)
+SERVED_FILE = "served.json"
 
 EVAL_COLUMNS = ("timesteps", "mean_reward", "std_reward", "flops_fraction", "clip_delta", "ssim", "lpips", "episodes")
 
@@ -98,6 +101,7 @@ def maskable_eval_callback_class():
                 if vecnorm is not None:
                     save_obs_stats(vecnorm, self.run_dir / "best_obs_stats.json")
                 self.best_mean_reward = 0.0
+                atomic_write_json(self.run_dir / SERVED_FILE, {"served_step": 0, "untrained": True})
 
         def _on_step(self) -> bool:
             if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):
@@ -106,11 +110,15 @@ def maskable_eval_callback_class():
             kept = (best.read_bytes() if best.exists() else None, self.best_mean_reward,
                     (self.run_dir / "best_obs_stats.json").read_bytes() if (self.run_dir / "best_obs_stats.json").exists() else None)
             cont = super()._on_step()
-            if self.best_mean_reward > kept[1] and not lower_bound(self.evaluations_results[-1]) > 0:
-                for path, data in ((best, kept[0]), (self.run_dir / "best_obs_stats.json", kept[2])):
-                    if data is not None:
-                        atomic_write_bytes(path, data)
-                self.best_mean_reward = kept[1]
+            if self.best_mean_reward > kept[1]:
+                if lower_bound(self.evaluations_results[-1]) > 0:
+                    atomic_write_json(self.run_dir / SERVED_FILE, {"served_step": int(self.num_timesteps), "untrained": False,
+                                                                   "mean_paired_gain": float(self.best_mean_reward)})
+                else:  # better on average but not surely positive: the previous best stays served
+                    for path, data in ((best, kept[0]), (self.run_dir / "best_obs_stats.json", kept[2])):
+                        if data is not None:
+                            atomic_write_bytes(path, data)
+                    self.best_mean_reward = kept[1]
             return cont
 
     return MaskablePruningEvalCallback

@@ -43,8 +43,20 @@ def summarize(run: Path, seconds: float) -> dict:
     best = max(rows, key=lambda r: float(r["mean_reward"])) if rows else None
     fv = base["fastvar"]
     note = _validation_note(run, len(rows))
+    residual = _is_residual(run)
+    served = json.loads((run / "served.json").read_text()) if (run / "served.json").is_file() else None
+    if served is not None and not served["untrained"]:
+        best = next((r for r in rows if int(r["timesteps"]) == served["served_step"]), best)
+    if residual and (served is None or served["untrained"]):
+        best = None  # nothing replaced the untrained policy: the run serves the frontier (agents.callbacks)
+        note += ("; no evaluation's paired validation gain was surely positive, so best_model.zip is the untrained "
+                 "policy, whose masked argmax keeps the frontier schedule everywhere")
+        print(f"served model: the untrained policy (the static frontier); {len(rows)} validation evaluations, none "
+              f"with a paired gain whose one-sided 95 % lower bound is above 0")
     summary = {"run": str(run), "wall_clock_s": round(seconds, 1), "fastvar": fv, "original": base["original"],
                "best_eval": best, "evaluations": len(rows), "validation_note": note}
+    if residual:
+        summary["served"] = "trained policy" if best is not None else "untrained policy (the static frontier)"
     if best is not None:
         print(f"selected model (step {best['timesteps']}, best of {len(rows)} validation evaluations): reward "
               f"{_num(best['mean_reward']):.4f} at {_num(best['flops_fraction']):.3f} of the transformer FLOPs, SSIM "
@@ -54,6 +66,11 @@ def summarize(run: Path, seconds: float) -> dict:
         print(f"({note})")
     atomic_write_json(run / "summary.json", summary)
     return summary
+
+
+def _is_residual(run: Path) -> bool:
+    cfg_path = run / "config.json"
+    return cfg_path.is_file() and bool(json.loads(cfg_path.read_text()).get("residual"))
 
 
 def _validation_note(run: Path, evaluations: int) -> str:

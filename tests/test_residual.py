@@ -300,6 +300,8 @@ def test_model_selection_keeps_the_untrained_policy(shared, tmp_path):
     assert train.main(args) == 0
     run = tmp_path / "sel"
     assert (run / "best_model.zip").read_bytes() != (run / "final_model.zip").read_bytes()
+    assert json.loads((run / "served.json").read_text()) == {"served_step": 0, "untrained": True}
+    assert json.loads((run / "summary.json").read_text())["served"] == "untrained policy (the static frontier)"
     for budget in (0.3, 0.45):
         agent = load_agent_schedule(run, g, budget=budget)
         img, _ = g.generate(PROMPTS, [0, 1, 2], schedule=agent)
