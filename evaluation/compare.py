@@ -177,10 +177,27 @@ def generate_agents(generator, agents: list[AgentRow], items: list[tuple[str, in
         agent = load_agent_schedule(row.run.path, generator, clip=clip_of(row.run.env), budget=row.budget)
         spec = MethodSpec(agent_run=str(row.run.path), agent_budget=row.budget)
         images, recs = generate_method(generator, spec, items, settings, pool, schedule=agent)
-        out[row.name] = MethodRun(row.name, "rl", row.note, images, recs, budget=row.budget)
+        note, rate = row.note, frontier_deviation(row, recs)
+        if rate is not None:
+            note += f"; its images deviate from the run's frontier schedule at this budget on {rate:.1%} of images"
+        out[row.name] = MethodRun(row.name, "rl", note, images, recs, budget=row.budget)
         mean_total = float(np.mean([r["total_flops_fraction"] for r in recs]))
-        log(f"{row.name}: {len(items)} images, mean total FLOPs fraction {mean_total:.4f}")
+        log(f"{row.name}: {len(items)} images, mean total FLOPs fraction {mean_total:.4f}"
+            + ("" if rate is None else f", {rate:.1%} off the frontier"))
     return out
+
+
+def frontier_deviation(row: AgentRow, records: list[dict]) -> float | None:
+    """Share of an agent's images whose schedule (ratios, dropped CFG flags) is not its run's frontier
+    schedule for the row's budget; None for a run without a frontier (``RUN/frontier.json``)."""
+    from envs.frontier import Frontier
+
+    path = row.run.path / "frontier.json"
+    if row.budget is None or not path.is_file():
+        return None
+    s = Frontier.load(path).schedule_for(row.budget)
+    same = [list(r["ratios"]) == list(s.ratios) and list(r["dropped_cfg"]) == list(s.drop_uncond) for r in records]
+    return 1.0 - float(np.mean(same)) if same else None
 
 
 def static_targets(generator, agents: list[AgentRow], agent_runs: dict[str, MethodRun]) -> dict[str, float]:

@@ -145,6 +145,16 @@ def test_train_selector_run_loads_and_generates(tmp_path, setup):
             want, _ = g.generate(PROMPTS, [0, 1, 2], schedule=s)
         assert torch.equal(images[b], want[b])
         assert st.flops_used_per_image[b] / g.flops_full() <= fv + 1e-9
+    # compare mode's deviation rate: the share of images not on the run's frontier schedule
+    from types import SimpleNamespace
+
+    from evaluation.compare import frontier_deviation
+    from evaluation.generation import MethodSpec, generate_items
+
+    items = list(zip(PROMPTS, [0, 1, 2]))
+    _, recs = generate_items(g, MethodSpec(agent_run=str(run), agent_budget=fv), items, 3, schedule=sched)
+    off = float(np.mean([s != sched.selector.candidates[0] for s in sched._chosen]))
+    assert frontier_deviation(SimpleNamespace(budget=fv, run=SimpleNamespace(path=run)), recs) == pytest.approx(off)
     from agents.schedule import RunError
 
     with pytest.raises(RunError, match="below the selector's smallest trained budget|outside"):
