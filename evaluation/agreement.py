@@ -37,7 +37,8 @@ import torch
 
 from evaluation.compare_plan import DEFAULT_GRID_RATIOS, read_budget
 from evaluation.grid_evaluation import GridCache, GridEvaluator, QualityScorer, module_fingerprint
-from evaluation.scoreboard import DomainEval, TestPassScorer, check_items
+from evaluation.grid_evaluation import check_items
+from evaluation.scoreboard import DomainEval, TestPassScorer
 from evaluation.static_search import FlopsTable, grid_schedules, schedule_key
 from generator.schedules import FastVARSchedule, StaticSchedule, schedule_ratios
 from generator.weights_io import jsonable

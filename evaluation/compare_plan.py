@@ -358,7 +358,7 @@ def resolve_items(test: ItemRequest, search: ItemRequest, grammar: bool, static_
     a prompt in both sets is an error when the static schedule is searched (it must be chosen on
     prompts it is not scored on)."""
     from domain import load_prompts
-    from evaluation.scoreboard import check_items
+    from evaluation.grid_evaluation import check_items
 
     prompts = load_prompts(test.source)[: test.num_prompts]
     items = check_items(prompts, list(test.seeds), f"{test.flag} {test.source}", grammar=grammar)

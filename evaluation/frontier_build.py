@@ -98,7 +98,7 @@ def greedy_descent(start: StaticSchedule, floor: float, transformer: Callable[[S
 
 def val_items(settings: FrontierSettings, grammar: bool = True) -> list[tuple[str, int]]:
     from domain import load_prompts
-    from evaluation.scoreboard import check_items
+    from evaluation.grid_evaluation import check_items
 
     prompts = load_prompts(settings.val_source)[:settings.val_prompts]
     return check_items(prompts, list(settings.val_seeds), f"--frontier-prompts {settings.val_source}", grammar)
@@ -108,7 +108,7 @@ def build_pool(generator, reward_fn, first: int, items: list[tuple[str, int]], s
                log: Callable[[str], None] = print) -> tuple[object, dict, dict]:
     """The shared pool (module docstring) on ``items``: (the validation ``GridEvaluator``, {schedule: mean
     QUALITY}, what it covers)."""
-    from evaluation.scoreboard import _validation_pass
+    from evaluation.grid_evaluation import validation_pass
 
     flops = FlopsTable(generator)
     guided = guided_scales(generator)
@@ -117,7 +117,7 @@ def build_pool(generator, reward_fn, first: int, items: list[tuple[str, int]], s
     log(f"frontier pool: {len(exhaustive)} of {len(grid)} grid schedules spend <= {settings.exhaustive_max:g} of the "
         f"transformer FLOPs (all evaluated); a greedy descent from the unpruned schedule covers the rest "
         f"({len(items)} validation items, cache {settings.cache_dir})")
-    val_eval, quality = _validation_pass(generator, exhaustive, items, reward_fn, settings.cache_dir, settings.batch_size)
+    val_eval, quality = validation_pass(generator, exhaustive, items, reward_fn, settings.cache_dir, settings.batch_size)
 
     def mean_quality(schedules: list[StaticSchedule]) -> dict:
         new = [s for s in dict.fromkeys(schedules) if s not in quality]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from evaluation.static_search import schedule_key
+from rewards.stats import check_unique
 from generator.schedules import StaticSchedule
 from generator.weights_io import atomic_write_bytes
 
@@ -257,3 +258,36 @@ def _progress_bar(total: int, label: str):
     except ImportError:
         return None
     return tqdm(total=total, desc=label, unit="sched", leave=False, mininterval=2.0)
+
+
+# ---- items and the validation pass -------------------------------------------------------------------
+
+def check_items(prompts: list[str], seeds: list[int], source: str, grammar: bool) -> list[tuple[str, int]]:
+    """(prompt, seed) items, every prompt with every seed. Duplicate prompts or seeds are an error
+    naming them; with ``grammar`` (the procedural domain), a prompt outside the caption grammar is an
+    error naming its line and the first word outside it."""
+    check_unique(f"seeds in --seeds {' '.join(map(str, seeds))}", list(seeds))
+    check_unique(f"prompts in {source}", list(prompts))
+    if grammar:
+        from domain.grammar import parse_caption
+
+        for i, p in enumerate(prompts):
+            try:
+                parse_caption(p)
+            except ValueError as e:
+                raise ValueError(f"{source}, prompt {i + 1}: {e}") from None
+    return [(p, int(s)) for p in prompts for s in seeds]
+
+
+def validation_pass(generator, fits: list, val_items: list[tuple[str, int]], reward_fn, cache_dir: Path | None,
+                     batch_size: int):
+    """Every fitting grid schedule on the validation items: (GridEvaluator, {schedule: mean QUALITY})."""
+    with torch.no_grad():
+        refs_val = torch.cat([generator.generate([p for p, _ in val_items[i:i + batch_size]],
+                                                 [s for _, s in val_items[i:i + batch_size]])[0]
+                              for i in range(0, len(val_items), batch_size)])
+    val_scorer = QualityScorer(reward_fn, refs_val, [p for p, _ in val_items])
+    val_eval = GridEvaluator(generator, val_items, [val_scorer], batch_size=batch_size,
+                             cache=GridCache(cache_dir, generator.fingerprint(), val_items, val_scorer.identity()))
+    val_res = val_eval.evaluate(fits, label="static schedules on the validation items")
+    return val_eval, {s: float(np.nanmean(val_res[s]["quality"])) for s in fits}

@@ -228,7 +228,8 @@ def build_context(settings: IsoSettings, runs: tuple, judge_weights: Path | None
     from domain import load_prompts
     from envs.config import EnvConfig
     from envs.factory import make_clip, make_generator, make_lpips
-    from evaluation.scoreboard import DomainEval, check_items
+    from evaluation.grid_evaluation import check_items
+    from evaluation.scoreboard import DomainEval
     from evaluation.static_search import FlopsTable
     from rewards import RewardFunction
     from rewards.reward import RewardConfig

@@ -22,29 +22,13 @@ import numpy as np
 import torch
 
 from generator.protocol import total_fraction_of_used
-from rewards.stats import check_unique, clustered_mean_ci, clustered_paired
+from evaluation.grid_evaluation import validation_pass
+from rewards.stats import clustered_mean_ci, clustered_paired
 
 DOMAIN_METRICS = ("domain_attribute", "domain_scene")  # the headline columns (DomainEval)
 
 
 # ---- items ------------------------------------------------------------------------------------------
-
-def check_items(prompts: list[str], seeds: list[int], source: str, grammar: bool) -> list[tuple[str, int]]:
-    """(prompt, seed) items, every prompt with every seed. Duplicate prompts or seeds are an error
-    naming them; with ``grammar`` (the procedural domain), a prompt outside the caption grammar is an
-    error naming its line and the first word outside it."""
-    check_unique(f"seeds in --seeds {' '.join(map(str, seeds))}", list(seeds))
-    check_unique(f"prompts in {source}", list(prompts))
-    if grammar:
-        from domain.grammar import parse_caption
-
-        for i, p in enumerate(prompts):
-            try:
-                parse_caption(p)
-            except ValueError as e:
-                raise ValueError(f"{source}, prompt {i + 1}: {e}") from None
-    return [(p, int(s)) for p in prompts for s in seeds]
-
 
 # ---- DomainEval -------------------------------------------------------------------------------------
 
@@ -253,22 +237,6 @@ class StaticBaselines:
     levers: dict            # label -> Levers
 
 
-def _validation_pass(generator, fits: list, val_items: list[tuple[str, int]], reward_fn, cache_dir: Path | None,
-                     batch_size: int):
-    """Every fitting grid schedule on the validation items: (GridEvaluator, {schedule: mean QUALITY})."""
-    from evaluation.grid_evaluation import GridCache, GridEvaluator, QualityScorer
-
-    with torch.no_grad():
-        refs_val = torch.cat([generator.generate([p for p, _ in val_items[i:i + batch_size]],
-                                                 [s for _, s in val_items[i:i + batch_size]])[0]
-                              for i in range(0, len(val_items), batch_size)])
-    val_scorer = QualityScorer(reward_fn, refs_val, [p for p, _ in val_items])
-    val_eval = GridEvaluator(generator, val_items, [val_scorer], batch_size=batch_size,
-                             cache=GridCache(cache_dir, generator.fingerprint(), val_items, val_scorer.identity()))
-    val_res = val_eval.evaluate(fits, label="static schedules on the validation items")
-    return val_eval, {s: float(np.nanmean(val_res[s]["quality"])) for s in fits}
-
-
 def _test_evaluator(generator, test_items: list[tuple[str, int]], test_refs_B3HW: torch.Tensor, reward_fn,
                     domain: DomainEval, cache_dir: Path | None, batch_size: int):
     """The test pass: QUALITY and (where the judge is available) DomainEval of schedules on the test items."""
@@ -339,7 +307,7 @@ def build_static_baselines(generator, targets: dict[str, float], levers: dict[st
         log(f"static grid: over {EXHAUSTIVE_LIMIT} fit, so the frontier pool is searched: {covers['covers']} "
             f"({len(fits)} schedules within the largest target)")
     else:
-        val_eval, val_q = _validation_pass(generator, fits, val_items, reward_fn, cache_dir, batch_size)
+        val_eval, val_q = validation_pass(generator, fits, val_items, reward_fn, cache_dir, batch_size)
         space = "the exhaustive grid"
     guided = guided_scales(generator)
     searches = {label: search_best_static(grid, flops.total, val_eval.mean_quality, target, first, guided,

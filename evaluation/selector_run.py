@@ -57,7 +57,7 @@ def train_selector(run: Path, env_cfg, settings, frontier_source: str, frontier_
     from envs.factory import make_clip, make_generator, make_lpips
     from envs.observation import ObservationBuilder
     from evaluation.frontier_build import val_items
-    from evaluation.scoreboard import check_items
+    from evaluation.grid_evaluation import check_items
     from evaluation.selector_fit import fit_selectors
     from rewards import RewardFunction
 
