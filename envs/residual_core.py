@@ -102,6 +102,7 @@ class ResidualCore:
                 raise FrontierError(f"frontier entry at budget {e.budget:.6f} spends {used:.6f} of the transformer "
                                     f"FLOPs on this generator: over its budget")
         self._spent: dict = {}
+        self._costs: dict = {}
 
     @property
     def extra_dim(self) -> int:
@@ -168,12 +169,22 @@ class ResidualCore:
 
     def _remaining_costs(self, rows: list[tuple[list[float], list[bool]]], k: int) -> list[float]:
         """Per full schedule (ratios, unconditional flags): the FLOPs of scales k .. n-1 (they depend on
-        the earlier scales through the KV cache, so the whole schedule is priced)."""
-        many = getattr(self.generator, "schedule_flops_many", None)
-        if many is not None:
-            per = many(np.asarray([r for r, _ in rows], np.float64), np.asarray([u for _, u in rows], bool), per_scale=True)
-            return [float(x) for x in per[:, k:].sum(1)]
-        return [float(sum(self.generator.schedule_flops(r, u)[k:])) for r, u in rows]
+        the earlier scales through the KV cache, so the whole schedule is priced). Memoised: FLOPs are
+        analytic, and the same (prefix, move, frontier rest) recurs across images and episodes."""
+        keys = [(k, tuple(r), tuple(u)) for r, u in rows]
+        miss = [key for key in dict.fromkeys(keys) if key not in self._costs]
+        if miss:
+            many = getattr(self.generator, "schedule_flops_many", None)
+            if many is not None:
+                per = many(np.asarray([key[1] for key in miss], np.float64), np.asarray([key[2] for key in miss], bool),
+                           per_scale=True)
+                costs = [float(x) for x in per[:, k:].sum(1)]
+            else:
+                costs = [float(sum(self.generator.schedule_flops(list(key[1]), list(key[2]))[k:])) for key in miss]
+            if len(self._costs) > 200_000:  # bounded: a long run sees few distinct prefixes, but never grow forever
+                self._costs.clear()
+            self._costs.update(zip(miss, costs))
+        return [self._costs[key] for key in keys]
 
     def extras(self, state, schedules: list) -> np.ndarray:
         """(B, extra_dim) float32: per image, the frontier's decision at the next scale (ratio, drop flag;
