@@ -77,6 +77,18 @@ class GenEvalPromptSet:
     selected: list[GenEvalPrompt]  # the ones to generate (the first --num-prompts)
 
 
+def json_object_line(line: str, where: str, expected: str = "a JSON object") -> dict:
+    """One line of a JSON-lines file as a dict; anything else is a ``GenEvalError`` naming ``where``
+    (file:line) and what was ``expected``."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise GenEvalError(f"{where}: not a JSON object ({e})") from None
+    if not isinstance(obj, dict):
+        raise GenEvalError(f"{where}: expected {expected}, got {type(obj).__name__}")
+    return obj
+
+
 def read_geneval_metadata(path: str | Path) -> list[GenEvalPrompt]:
     """Every line of a GenEval ``evaluation_metadata.jsonl``; a bad line is an error naming it."""
     path = Path(path)
@@ -90,12 +102,7 @@ def read_geneval_metadata(path: str | Path) -> list[GenEvalPrompt]:
         where = f"{path}:{i + 1}"
         if not line.strip():
             raise GenEvalError(f"{where}: empty line (GenEval numbers its prompt folders by line, so blank lines are not allowed)")
-        try:
-            meta = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenEvalError(f"{where}: not a JSON object ({e})") from None
-        if not isinstance(meta, dict):
-            raise GenEvalError(f"{where}: expected a JSON object with 'prompt' and 'tag', got {type(meta).__name__}")
+        meta = json_object_line(line, where, "a JSON object with 'prompt' and 'tag'")
         for key in ("prompt", "tag"):
             if not isinstance(meta.get(key), str) or not meta[key].strip():
                 raise GenEvalError(f"{where}: '{key}' must be a non-empty string, got {meta.get(key)!r}")

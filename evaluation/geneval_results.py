@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from evaluation.geneval import GenEvalError
+from evaluation.geneval import GenEvalError, json_object_line
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,7 @@ def read_geneval_results(path: str | Path) -> list[GenEvalImage]:
         if not line.strip():
             continue
         where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenEvalError(f"{where}: not a JSON object ({e})") from None
-        if not isinstance(rec, dict):
-            raise GenEvalError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        rec = json_object_line(line, where)
         missing = [k for k in ("filename", "tag", "correct", "metadata") if k not in rec]
         if missing:
             raise GenEvalError(f"{where}: missing {', '.join(missing)} (a line of GenEval's evaluate_images.py output "
