@@ -167,11 +167,7 @@ class ResidualPruneEnv(VarPruneEnv):
         reward, extra = 0.0, {}
         if terminated:
             self._done = True
-            image = self.generator.decode(self._state)
-            ref_image, ref_clip = self._reference(self._prompt, self._image_seed)
-            _, terms = self.reward_fn.terminal(image, ref_image, self._prompt,
-                                               used_fraction=self._state.flops_used / self.flops_full,
-                                               reference_clip=ref_clip, budget=self._budget)
+            _, terms, ref_image, ref_clip = self._terminal()
             clips = None if ref_clip is None else [ref_clip]
             frontier = self.pairing.frontier_terms(ref_image, clips, [self._prompt])[0]
             reward, extra = residual_outcome(self.config.reward, self.reward_mode, terms, frontier,

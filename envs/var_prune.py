@@ -201,11 +201,7 @@ class VarPruneEnv(gym.Env):
         info_extra: dict = {}
         if terminated:
             self._done = True
-            image = self.generator.decode(self._state)
-            ref_image, ref_clip = self._reference(self._prompt, self._image_seed)
-            terminal, terms = self.reward_fn.terminal(image, ref_image, self._prompt,
-                                                      used_fraction=self._state.flops_used / self.flops_full,
-                                                      reference_clip=ref_clip, budget=self._budget)
+            terminal, terms, _, _ = self._terminal()
             reward += terminal
             info_extra = dict(terms, terminal_reward=terminal)
         obs = self._observation()
@@ -222,6 +218,16 @@ class VarPruneEnv(gym.Env):
 
         cycle_index = self._episode if self.config.prompt_order == "cycle" else None
         return episode_budget(self.config.budget_range, budget, cycle_index, self.np_random)
+
+    def _terminal(self):
+        """The finished image's terminal reward and quality terms against its unpruned reference:
+        (terminal, terms, reference image, reference CLIP score)."""
+        image = self.generator.decode(self._state)
+        ref_image, ref_clip = self._reference(self._prompt, self._image_seed)
+        terminal, terms = self.reward_fn.terminal(image, ref_image, self._prompt,
+                                                  used_fraction=self._state.flops_used / self.flops_full,
+                                                  reference_clip=ref_clip, budget=self._budget)
+        return terminal, terms, ref_image, ref_clip
 
     def _reference(self, prompt: str, seed: int):
         key = (prompt, seed, self.generator.fingerprint())
