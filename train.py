@@ -273,15 +273,10 @@ def frontier_settings(args, env_cfg):
 def search_frontier(env_cfg, settings):
     """``--frontier auto``: the static frontier searched on compare mode's validation items, sharing the grid
     cache with ``evaluate_agent.py`` (``evaluation.selector_run.obtain_frontier``)."""
-    from envs.factory import make_clip, make_generator, make_lpips
-    from evaluation.selector_run import obtain_frontier
-    from rewards import RewardFunction
+    from evaluation.selector_run import obtain_frontier, run_models
 
-    g, r = make_generator(env_cfg), env_cfg.reward
-    reward_fn = RewardFunction(r, clip=make_clip(env_cfg) if r.clip_weight > 0 else None,
-                               lpips=make_lpips(env_cfg) if r.lpips_weight > 0 else None)
-    first = max(0, g.num_scales - env_cfg.num_controllable) if env_cfg.first_controllable_scale is None \
-        else env_cfg.first_controllable_scale
+    g, _, reward_fn = run_models(env_cfg)
+    first = env_cfg.first_controllable(g.num_scales)
     return obtain_frontier("auto", g, reward_fn, first, settings, print)[0]
 
 

@@ -20,14 +20,13 @@ import torch
 
 
 def ran_schedule(g, state):
-    """The static schedule a one-image state ran: ratios and dropped-CFG flags from its reports."""
+    """The static schedule a one-image state ran: its ratios and dropped-CFG flags, as compare mode
+    records them (``evaluation.scoreboard.state_record``)."""
+    from evaluation.scoreboard import state_record
     from generator.schedules import StaticSchedule
 
-    reps = state.image_reports(0)
-    ratios = tuple(1.0 if r.skipped else r.ratio for r in reps)
-    guided = [g.uses_unconditional(r.scale_index) for r in reps]
-    drops = tuple(bool(g and not r.unconditional and not r.skipped) for g, r in zip(guided, reps))
-    return StaticSchedule(ratios, drops)
+    rec = state_record(g, state, None)
+    return StaticSchedule(tuple(rec["ratios"]), tuple(rec["dropped_cfg"]))
 
 
 def timed(g, schedule, prompt: str) -> float:

@@ -105,6 +105,13 @@ class EnvConfig:
         self.reward.validate()
         return self
 
+    def first_controllable(self, num_scales: int) -> int:
+        """The first scale the agent controls on a generator of ``num_scales`` scales:
+        ``first_controllable_scale``, or the last ``num_controllable`` scales when it is None."""
+        if self.first_controllable_scale is None:
+            return max(0, num_scales - self.num_controllable)
+        return self.first_controllable_scale
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ratio_grid"] = list(self.ratio_grid)

@@ -114,8 +114,7 @@ class VarPruneEnv(gym.Env):
             max_items=cfg.reference_cache_size, directory=cfg.reference_cache_dir)
 
         n = self.generator.num_scales
-        first = cfg.first_controllable_scale
-        first = max(0, n - cfg.num_controllable) if first is None else first
+        first = cfg.first_controllable(n)
         if not 0 <= first < n:
             raise ValueError(f"first_controllable_scale must be in 0..{n - 1} for this generator, got {first}")
         self.first_controllable = first

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from evaluation.compare_plan import DEFAULT_GRID_RATIOS, read_budget
-from evaluation.grid_evaluation import GridCache, GridEvaluator, QualityScorer, module_fingerprint
-from evaluation.grid_evaluation import check_items
+from evaluation.grid_evaluation import (GridCache, GridEvaluator, QualityScorer, check_items, generate_references,
+                                       module_fingerprint)
 from evaluation.scoreboard import DomainEval, TestPassScorer
 from evaluation.static_search import FlopsTable, grid_schedules, schedule_key
 from generator.schedules import FastVARSchedule, StaticSchedule, schedule_ratios
@@ -283,14 +283,6 @@ def estimate_seconds(seconds_per_schedule: float, val_schedules_left: int, n_val
     seconds per schedule (on ``n_val`` items), and the test pass, each schedule scaled to ``n_test`` items
     (generation dominates: the reward's quality terms and the judge cost a few percent of it)."""
     return seconds_per_schedule * (val_schedules_left + test_schedules * n_test / n_val)
-
-
-def generate_references(generator, items: list[tuple[str, int]], batch_size: int) -> torch.Tensor:
-    """Unpruned images (N, 3, H, W) of the items, in batches (the QUALITY references)."""
-    with torch.no_grad():
-        return torch.cat([generator.generate([p for p, _ in items[i:i + batch_size]],
-                                             [s for _, s in items[i:i + batch_size]])[0]
-                          for i in range(0, len(items), batch_size)])
 
 
 def load_items(settings: AgreementSettings) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:

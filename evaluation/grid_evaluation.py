@@ -279,13 +279,18 @@ def check_items(prompts: list[str], seeds: list[int], source: str, grammar: bool
     return [(p, int(s)) for p in prompts for s in seeds]
 
 
+def generate_references(generator, items: list[tuple[str, int]], batch_size: int) -> torch.Tensor:
+    """Unpruned images (N, 3, H, W) of the items, in batches (the QUALITY references)."""
+    with torch.no_grad():
+        return torch.cat([generator.generate([p for p, _ in items[i:i + batch_size]],
+                                             [s for _, s in items[i:i + batch_size]])[0]
+                          for i in range(0, len(items), batch_size)])
+
+
 def validation_pass(generator, fits: list, val_items: list[tuple[str, int]], reward_fn, cache_dir: Path | None,
                      batch_size: int):
     """Every fitting grid schedule on the validation items: (GridEvaluator, {schedule: mean QUALITY})."""
-    with torch.no_grad():
-        refs_val = torch.cat([generator.generate([p for p, _ in val_items[i:i + batch_size]],
-                                                 [s for _, s in val_items[i:i + batch_size]])[0]
-                              for i in range(0, len(val_items), batch_size)])
+    refs_val = generate_references(generator, val_items, batch_size)
     val_scorer = QualityScorer(reward_fn, refs_val, [p for p, _ in val_items])
     val_eval = GridEvaluator(generator, val_items, [val_scorer], batch_size=batch_size,
                              cache=GridCache(cache_dir, generator.fingerprint(), val_items, val_scorer.identity()))

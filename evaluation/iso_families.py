@@ -251,7 +251,7 @@ def build_context(settings: IsoSettings, runs: tuple, judge_weights: Path | None
     r = env.reward
     reward_fn = RewardFunction(r, clip=make_clip(env) if r.clip_weight > 0 else None,
                                lpips=make_lpips(env) if r.lpips_weight > 0 else None)
-    first = runs[0].first_controllable if runs else max(0, generator.num_scales - env.num_controllable)
+    first = runs[0].first_controllable if runs else env.first_controllable(generator.num_scales)
     allow_drop = settings.allow_drop and all(run.env.allow_drop_unconditional for run in runs)
     return IsoContext(settings, generator, domain, reward_fn, runs, val, test, first, allow_drop, FlopsTable(generator))
 

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def _choice_row(name: str, choice: dict, cands: list, results: dict, base, items: list) -> dict:
@@ -73,6 +72,7 @@ def budget_report(budget: float, frontier, flops, guided: list, test_eval, items
 def run(budget_tokens: list[str], cache_dir: Path | None, test_seeds: tuple[int, ...], test_prompts: int,
         exhaustive_max: float, log=print) -> dict:
     from evaluation.frontier_build import FrontierSettings, build_frontier
+    from evaluation.grid_evaluation import generate_references
     from evaluation.iso_families import IsoSettings, build_context
     from evaluation.compare_plan import read_budget
     from evaluation.scoreboard import _test_evaluator
@@ -91,9 +91,7 @@ def run(budget_tokens: list[str], cache_dir: Path | None, test_seeds: tuple[int,
                                  FrontierSettings(exhaustive_max=exhaustive_max, allow_drop=ctx.allow_drop,
                                                   cache_dir=cache_dir), log=log)
     items = ctx.test_items
-    with torch.no_grad():
-        refs = torch.cat([g.generate([p for p, _ in items[i:i + 100]], [s for _, s in items[i:i + 100]])[0]
-                          for i in range(0, len(items), 100)])
+    refs = generate_references(g, items, 100)
     test_eval = _test_evaluator(g, items, refs, ctx.reward_fn, ctx.domain, cache_dir, 100)
     guided, widths = guided_scales(g), tuple(g.scale_widths)
     reports = []

@@ -97,7 +97,7 @@ def candidates_for(frontier, pool_quality: dict, transformer: Callable, budget: 
 def fit_selectors(generator, reward_fn, observer, frontier, pool_quality: dict, val_items: list, train_items: list,
                   settings: SelectorSettings, log: Callable[[str], None] = print) -> tuple[list[BudgetSelector], dict]:
     """One ``BudgetSelector`` per budget (module docstring) and a report of the fit."""
-    from evaluation.grid_evaluation import GridCache, GridEvaluator, QualityScorer
+    from evaluation.grid_evaluation import GridCache, GridEvaluator, QualityScorer, generate_references
     from evaluation.static_search import FlopsTable
 
     settings.check()
@@ -108,10 +108,7 @@ def fit_selectors(generator, reward_fn, observer, frontier, pool_quality: dict, 
     wanted = list(dict.fromkeys(s for c in cands.values() for s in c))
     per_item = {}
     for name, items in (("train", train_items), ("val", val_items)):
-        with torch.no_grad():
-            refs = torch.cat([generator.generate([p for p, _ in items[i:i + settings.batch_size]],
-                                                 [s for _, s in items[i:i + settings.batch_size]])[0]
-                              for i in range(0, len(items), settings.batch_size)])
+        refs = generate_references(generator, items, settings.batch_size)
         scorer = QualityScorer(reward_fn, refs, [p for p, _ in items])
         ev = GridEvaluator(generator, items, [scorer], batch_size=settings.batch_size,
                            cache=GridCache(settings.cache_dir, generator.fingerprint(), items, scorer.identity()))

@@ -12,6 +12,7 @@ training prompts with its margin on validation (``evaluation.selector_fit``), an
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +31,19 @@ def selector_budgets(generator, tokens: list[str]) -> tuple[float, ...]:
         raise ValueError(f"--selector-budgets {bad or tokens}: each must be a fraction in (0, 1] of the unpruned "
                          "transformer FLOPs (or a multiple of FastVAR's, e.g. 0.8fastvar)")
     return out
+
+
+def run_models(env_cfg):
+    """(generator, CLIP or None, the reward function) of a run's env config: the CLIP where the reward
+    or the prompt features need it, LPIPS where the reward weighs it."""
+    from envs.factory import make_clip, make_generator, make_lpips
+    from rewards import RewardFunction
+
+    r = env_cfg.reward
+    clip = make_clip(env_cfg) if (r.clip_weight > 0 or env_cfg.prompt_embedding_dim > 0) else None
+    reward_fn = RewardFunction(r, clip=clip if r.clip_weight > 0 else None,
+                               lpips=make_lpips(env_cfg) if r.lpips_weight > 0 else None)
+    return make_generator(env_cfg), clip, reward_fn
 
 
 def obtain_frontier(source: str, generator, reward_fn, first: int, settings, log: Callable[[str], None]):
@@ -54,24 +68,15 @@ def train_selector(run: Path, env_cfg, settings, frontier_source: str, frontier_
     """Everything ``--algo selector`` does (module docstring); returns summary.json's content."""
     from agents.selector import SELECTOR_FILE, save_selectors
     from domain import load_prompts
-    from envs.factory import make_clip, make_generator, make_lpips
     from envs.observation import ObservationBuilder
     from evaluation.frontier_build import val_items
     from evaluation.grid_evaluation import check_items
     from evaluation.selector_fit import fit_selectors
-    from rewards import RewardFunction
 
     t0 = time.time()
-    generator = make_generator(env_cfg)
-    first = max(0, generator.num_scales - env_cfg.num_controllable) if env_cfg.first_controllable_scale is None \
-        else env_cfg.first_controllable_scale
-    r = env_cfg.reward
-    clip = make_clip(env_cfg) if (r.clip_weight > 0 or env_cfg.prompt_embedding_dim > 0) else None
-    reward_fn = RewardFunction(r, clip=clip if r.clip_weight > 0 else None,
-                               lpips=make_lpips(env_cfg) if r.lpips_weight > 0 else None)
+    generator, clip, reward_fn = run_models(env_cfg)
+    first = env_cfg.first_controllable(generator.num_scales)
     grammar = env_cfg.generator == "tiny"
-    from dataclasses import replace
-
     settings = replace(settings, budgets=selector_budgets(generator, budget_tokens))
     settings.check()
     frontier, pool = obtain_frontier(frontier_source, generator, reward_fn, first, frontier_settings, log)

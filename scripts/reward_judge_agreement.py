@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         env, levers = env_and_levers(args.run)
         generator = make_generator(env)
         if levers is None:
-            levers = Levers(max(0, generator.num_scales - env.num_controllable), True)
+            levers = Levers(env.first_controllable(generator.num_scales), True)
         suite = MetricSuite.build(args.clip_model, args.clip_pretrained, args.lpips_net, args.lpips_backbone)
         reward_fn = RewardFunction(env.reward, clip=suite.clip if env.reward.clip_weight > 0 else None,
                                    lpips=suite.lpips if env.reward.lpips_weight > 0 else None)
