@@ -13,10 +13,17 @@ controllable scale {0, .25, .5, .75} x {keep, drop CFG} + skip):
   branch at one scale) and moves to the one that loses the least quality per FLOP saved, until the
   spend is within ``exhaustive_max``.
 
+- **refinement** at ``refine_budgets`` (default ten: 0.6, 0.8 and 1 x FastVAR's FLOPs, 0.4 ... 0.95): from
+  the best pool schedule within each budget, the static search's local refinement
+  (``evaluation.static_search.search_best_static``: ratio steps of 0.05 and 0.125 off the grid, CFG
+  flips, up to ``refine_rounds`` rounds, each keeping the best neighbour within the budget), as compare
+  mode refines its best static schedule.
+
 The frontier is the pool's Pareto set (transformer FLOPs vs validation quality): for a budget b its
 schedule is the best pool schedule spending <= b. Between the exhaustive region and the unpruned
-schedule it covers only the descent's path and the schedules it looked at: it says so in its ``info``.
-No refinement off the grid: the residual agent's moves are grid steps relative to the frontier.
+schedule it covers only the descent's path, the refinements and the schedules they looked at: it says
+so in its ``info``. A refined schedule may hold off-grid ratios; the residual agent's moves from it go
+to the neighbouring grid ratios (``envs.residual_core.apply_move``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ class FrontierSettings:
     val_seeds: tuple[int, ...] = (0,)
     exhaustive_max: float = 0.36
     descent_rounds: int = 40
+    refine_budgets: tuple[str, ...] = ("0.6fastvar", "0.8fastvar", "fastvar", "0.4", "0.5", "0.6", "0.7", "0.8",
+                                       "0.9", "0.95")
+    refine_rounds: int = 4
     allow_drop: bool = True
     batch_size: int = 100
     cache_dir: Path | None = Path("results") / "cache"
@@ -128,11 +138,42 @@ def build_pool(generator, reward_fn, first: int, items: list[tuple[str, int]], s
     unpruned = StaticSchedule((0.0,) * generator.num_scales)
     path = greedy_descent(unpruned, settings.exhaustive_max, flops.transformer, mean_quality, first, guided,
                           settings.allow_drop, settings.descent_rounds)
+    before = len(quality)
+    refined = refine_at_budgets(generator, quality, mean_quality, flops, first, guided, settings)
     info = {"pool": len(quality), "exhaustive_max": settings.exhaustive_max, "exhaustive": len(exhaustive),
-            "descent_evaluated": len(path), "allow_drop": settings.allow_drop, "first_controllable_scale": first,
+            "descent_evaluated": len(path), "refinement_evaluated": len(quality) - before, "refined": refined,
+            "allow_drop": settings.allow_drop, "first_controllable_scale": first,
             "covers": f"every grid schedule <= {settings.exhaustive_max:g} of the transformer FLOPs; above that the "
-                      "greedy descent's path from the unpruned schedule and its cheaper neighbours"}
+                      "greedy descent's path from the unpruned schedule and its cheaper neighbours; off the grid, "
+                      f"the local refinement at {len(refined)} budgets"}
     return val_eval, quality, info
+
+
+def refine_at_budgets(generator, quality: dict, mean_quality: Callable[[list[StaticSchedule]], dict],
+                      flops: FlopsTable, first: int, guided: list[bool], settings: FrontierSettings) -> list[dict]:
+    """The local refinement at each of ``settings.refine_budgets`` (module docstring); adds what it evaluates
+    to ``quality`` and returns, per budget, the pool's best schedule within it and the refined one."""
+    import numpy as np
+
+    from evaluation.compare_plan import read_budget
+    from evaluation.static_search import search_best_static
+    from generator.schedules import FastVARSchedule, schedule_ratios
+
+    fv = float(generator.flops_fraction(schedule_ratios(FastVARSchedule(), generator.num_scales)))
+    widths = tuple(generator.scale_widths)
+    out = []
+    for token in settings.refine_budgets:
+        b = read_budget(token).fraction(fv)
+        if not any(flops.transformer(s) <= b + 1e-12 for s in quality):
+            continue
+        res = search_best_static(list(quality), flops.transformer,
+                                 lambda ss: np.asarray([mean_quality(ss)[s] for s in ss]), b, first, guided,
+                                 refine_rounds=settings.refine_rounds, transformer_fraction=flops.transformer,
+                                 known=dict(quality), allow_drop=settings.allow_drop)
+        out.append({"budget": b, "token": token, "pool_best": res.best_grid_schedule.describe(widths),
+                    "pool_best_quality": res.best_grid_quality, "refined": res.schedule.describe(widths),
+                    "refined_quality": res.quality, "evaluated": res.refinement_evaluations})
+    return out
 
 
 def build_frontier(generator, reward_fn, first: int, settings: FrontierSettings = FrontierSettings(),

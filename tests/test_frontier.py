@@ -106,6 +106,19 @@ def test_built_frontier_is_the_pareto_set_of_its_pool(tmp_path, generator):
         assert e.val_quality == pool[e.schedule]
     qs = [e.val_quality for e in frontier.entries]
     assert qs == sorted(qs) and len(set(qs)) == len(qs)
+    # the refinement at ten budgets: off-grid schedules in the pool, each refined schedule within its budget,
+    # and the frontier's schedule at that budget at least as good as the refined one
+    from evaluation.static_search import GRID_RATIOS
+
+    refined = frontier.info["refined"]
+    assert len(refined) == 10 and frontier.info["refinement_evaluated"] > 0
+    assert any(r not in GRID_RATIOS + (0.0, 1.0) for s in pool for r in s.ratios)
+    by_label = {s.describe(tuple(generator.scale_widths)): s for s in pool}
+    for r in refined:
+        s = by_label[r["refined"]]
+        assert flops.transformer(s) <= r["budget"] + 1e-12 and pool[s] == r["refined_quality"]
+        assert frontier.schedule_for(r["budget"]) in pool
+        assert pool[frontier.schedule_for(r["budget"])] >= r["refined_quality"]
     # a second build reads every schedule from the cache: the same frontier
     again, _ = build_frontier(generator, rfn, 3, settings, log=lambda m: None)
     assert again.entries == frontier.entries
