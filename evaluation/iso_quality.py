@@ -61,7 +61,7 @@ def scores_on_test(ctx: IsoContext, fam: Family, c: Candidate) -> dict:
         row = ctx.judge_static([c.schedule], "test")[c.schedule]
         n = len(ctx.test_items)
         return {**row, "flops_fraction": np.full(n, c.transformer), "total_flops_fraction": np.full(n, c.total)}
-    return ctx.judge_agent(fam.run, c.budget, "test")
+    return ctx.judge_agent(fam.run, c.budget, "test", tolerance=c.tolerance)
 
 
 def savings_on_test(ctx: IsoContext, fam: Family, c: Candidate) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +119,27 @@ def operating_point(ctx: IsoContext, fam: Family, tolerance: float, orig_val: np
                    test_within_tolerance=bool(delta["mean_diff"] >= -tolerance))
     out["transformer_saving"], out["transformer_speedup"] = saving_and_speedup(out["transformer"], boot_t)
     out["total_saving"], out["total_speedup"] = saving_and_speedup(out["total"], boot_tot)
+    out["_boot"] = {"transformer": boot_t, "total": boot_tot}  # paired across families (same resamples): see below
     return out
+
+
+def versus(families: dict, reference: str = "static_frontier") -> None:
+    """Each family's saving minus ``reference``'s at every tolerance, as ``vs_<reference>`` in its operating
+    points: the point difference and the percentile interval of the per-replicate differences (every
+    family's bootstrap resamples the same validation and test prompts: the seeds are shared, so the
+    replicates are paired). Drops the replicates from the summary afterwards."""
+    ref = families.get(reference)
+    for name, fam in families.items():
+        for i, op in enumerate(fam["operating_points"]):
+            if ref is not None and name != reference:
+                r = ref["operating_points"][i]
+                op[f"vs_{reference}"] = {
+                    k: {"point": op[f"{k}_saving"]["point"] - r[f"{k}_saving"]["point"],
+                        **dict(zip(("lo", "hi"), percentile_ci(op["_boot"][k] - r["_boot"][k])))}
+                    for k in ("transformer", "total")}
+    for fam in families.values():
+        for op in fam["operating_points"]:
+            op.pop("_boot", None)
 
 
 def family_summary(ctx: IsoContext, fam: Family, orig_val: np.ndarray, orig_test: np.ndarray) -> dict:
@@ -177,6 +197,7 @@ def run_iso_quality(settings: IsoSettings = IsoSettings(), run_dirs: tuple[Path,
     summary["original"] = {"val_attr": clustered_mean_ci(list(orig_val), [p for p, _ in ctx.val_items]),
                            "test_attr": clustered_mean_ci(list(orig_test), [p for p, _ in ctx.test_items])}
     summary["families"] = {f.name: family_summary(ctx, f, orig_val, orig_test) for f in families}
+    versus(summary["families"])
     summary["wall_s"] = round(time.time() - t0, 1)
     return summary
 

@@ -31,15 +31,24 @@ def _delta(d: dict | None) -> str:
 def headline_table(summary: dict) -> str:
     """method | tolerance | op. point | FLOPs | speed-ups with bootstrap CIs | validation and test loss."""
     lines = ["| method | tolerance | op. point | transformer FLOPs | total FLOPs | speed-up transformer (1/FLOPs) "
-             "[95% CI] | speed-up total [95% CI] | val Δattr | test Δattr ± 95% CI |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "[95% CI] | speed-up total [95% CI] | val Δattr | test Δattr ± 95% CI | transformer saving vs "
+             "static_frontier [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, fam in summary["families"].items():
         for op in fam["operating_points"]:
             ok = "" if op["test_within_tolerance"] else " (outside on test)"
             lines.append(f"| {name} | {op['tolerance']:g} | {op['point']} | {op['transformer']:.3f} | {op['total']:.3f} | "
                          f"{_speedup(op['transformer_speedup'])} | {_speedup(op['total_speedup'])} | "
-                         f"{op['val_delta_attr']:+.3f} | {_delta(op['test_delta_attr'])}{ok} |")
+                         f"{op['val_delta_attr']:+.3f} | {_delta(op['test_delta_attr'])}{ok} | {_versus(op)} |")
     return "\n".join(lines)
+
+
+def _versus(op: dict) -> str:
+    v = op.get("vs_static_frontier")
+    if not v:
+        return "—"
+    t = v["transformer"]
+    return f"{t['point']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}]"
 
 
 def candidates_table(name: str, fam: dict) -> str:
@@ -64,7 +73,9 @@ def markdown(summary: dict) -> str:
             f"re-choose the point on resampled validation prompts and measure it on resampled test prompts. "
             f"Δattr = attribute accuracy minus Original's (test: prompt-clustered t interval). Original: "
             f"validation {orig['val_attr']['mean']:.3f}, test {orig['test_attr']['mean']:.3f}. "
-            f"\"none within tolerance (Original)\": no candidate is (the point is Original, 1.00x).", ""]
+            f"\"none within tolerance (Original)\": no candidate is (the point is Original, 1.00x). Saving vs "
+            f"static_frontier: the transformer FLOPs saving minus the static frontier's at the same tolerance, with "
+            f"the percentile interval of the paired replicates (the same resampled prompts for every family).", ""]
     body = ["### Candidates on validation", ""]
     for name, fam in summary["families"].items():
         body += [candidates_table(name, fam), ""]

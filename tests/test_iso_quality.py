@@ -190,6 +190,13 @@ def test_cli_tiny_run_writes_the_table_and_reads_the_caches_on_a_rerun(budget_ru
             assert op["transformer_speedup"]["point"] == pytest.approx(1 / op["transformer"])
             assert op["total_speedup"]["point"] == pytest.approx(1 / op["total"])
             assert op["transformer"] <= op["total"] <= 1.0 or op["transformer"] == op["total"] == 1.0
+    static_ops = summary["families"]["static_frontier"]["operating_points"]
+    for name in ("fastvar_scaled", "rl:b"):  # the paired difference in saving against the static frontier
+        for op, ref in zip(summary["families"][name]["operating_points"], static_ops):
+            v = op["vs_static_frontier"]["transformer"]
+            assert v["point"] == pytest.approx(op["transformer_saving"]["point"] - ref["transformer_saving"]["point"])
+            assert v["lo"] <= v["hi"] and "_boot" not in op
+    assert "vs_static_frontier" not in static_ops[0]
     table = (tmp_path / "iso" / "iso.md").read_text()
     assert "| method | tolerance | op. point | transformer FLOPs | total FLOPs |" in table and "| rl:b | 0.01 |" in table
     assert (tmp_path / "iso" / "iso.png").stat().st_size > 0
