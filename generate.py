@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="FLOPs budget for a budget-conditioned --agent (fraction of the unpruned transformer FLOPs, "
                          "inside the run's trained range); every image stays within it. Default: FastVAR's "
                          "transformer FLOPs on this generator (0.347 on the embedded model)")
+    ap.add_argument("--tolerance", type=float, default=None, metavar="EPS",
+                    help="a lossless --agent (train.py --algo selector --objective iso-quality): its operating point, "
+                         "a mean QUALITY loss among the run's epsilons (default: the run's --epsilon, 0.1)")
     ap.add_argument("--seed", type=int, default=0, help="image seed of the first image of each prompt")
     ap.add_argument("--images-per-prompt", type=int, default=1, help="seeds seed, seed+1, ... -> 1.jpg, 2.jpg, ...")
     ap.add_argument("--batch-size", type=int, default=1,
@@ -304,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg_default = backend(args.generator).default_cfg if cfg_default is None else cfg_default
         effective_cfg = resolved_cfg(args, cfg_default)
         generator = build_generator(args, cfg_default=cfg_default)
+        if args.tolerance is not None and args.agent is None:
+            raise ValueError(f"--tolerance {args.tolerance} applies to a lossless --agent")
         if args.budget is not None and args.agent is None:
             raise ValueError(f"--budget {args.budget} applies to a budget-conditioned --agent; a fixed --schedule "
                              f"has fixed FLOPs")
@@ -312,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.budget = default
                 print(f"--budget not given: the agent keeps every image within FastVAR's transformer FLOPs on this "
                       f"generator, {default:.4f} of the unpruned (the default)")
-            schedule = load_agent_schedule(args.agent, generator, which=args.agent_model, budget=args.budget)
-            schedule_spec = f"agent:{args.agent}" + ("" if args.budget is None else f"@budget={args.budget:g}")
+            schedule = load_agent_schedule(args.agent, generator, which=args.agent_model, budget=args.budget,
+                                           tolerance=args.tolerance)
+            schedule_spec = f"agent:{args.agent}" + ("" if args.budget is None else f"@budget={args.budget:g}") + (
+                "" if args.tolerance is None else f"@tolerance={args.tolerance:g}")
         else:
             schedule = parse_schedule(args.schedule, generator.scale_widths)
             schedule_spec = args.schedule

@@ -86,6 +86,9 @@ def _add_run_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--selector-budgets", nargs="+", default=["fastvar", "0.8fastvar", "0.6fastvar"],
                     help="--algo selector: budgets it is fitted at (fractions of the unpruned transformer FLOPs or "
                          "multiples of FastVAR's, e.g. 0.8fastvar)")
+    ap.add_argument("--selector-epsilons", type=float, nargs="+", default=None,
+                    help="--algo selector --objective iso-quality: the mean QUALITY losses it gets an operating point "
+                         "for (default: 0.02 0.04 ... 0.25; --epsilon adds one)")
     ap.add_argument("--reward-mode", default="paired", choices=("paired", "absolute"),
                     help="--algo ppo-residual: paired = quality minus the frontier's on the same prompt and seed (CLIP "
                          "term of the difference capped at 0); absolute = quality alone")
@@ -111,7 +114,16 @@ def _add_env_args(ap: argparse.ArgumentParser) -> None:
 
 def _add_reward_args(g) -> None:
     """The reward preset, the budget (conditioned or fixed) and the reward weights."""
-    g.add_argument("--reward-preset", default=None, choices=("embedded", "embedded_budget", "infinity"),
+    g.add_argument("--objective", default="budget", choices=("budget", "iso-quality"),
+                   help="budget: the best quality within a FLOPs budget (the default); iso-quality (lossless mode): the "
+                        "fewest FLOPs within --epsilon of the unpruned image's quality (reward = FLOPs saved - "
+                        "--lossless-penalty * max(0, quality loss - epsilon)); --algo ppo / ppo-gaussian / selector")
+    g.add_argument("--epsilon", type=float, default=None,
+                   help="--objective iso-quality: the quality loss that costs nothing (default 0.1, the preset's); the "
+                        "selector fits one operating point per --selector-epsilons instead")
+    g.add_argument("--lossless-penalty", type=float, default=None,
+                   help="--objective iso-quality: penalty per unit of quality loss beyond epsilon (default 10)")
+    g.add_argument("--reward-preset", default=None, choices=("embedded", "embedded_budget", "embedded_iso", "infinity"),
                    help="default: embedded_budget with --budget-range on --generator tiny, embedded without; "
                         "infinity otherwise")
     g.add_argument("--budget-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
@@ -168,6 +180,19 @@ def check_args(args) -> None:
         raise ValueError(f"--infinity-options file {args.infinity_options} does not exist")
     from agents.algos import RESIDUAL_ALGOS
 
+    if args.objective == "iso-quality":
+        if args.algo in RESIDUAL_ALGOS:
+            raise ValueError(f"--objective iso-quality is for --algo ppo / ppo-gaussian / selector, not {args.algo} "
+                             "(its moves are relative to a budget's frontier schedule)")
+        for flag in ("budget_range", "flops_budget"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--objective iso-quality minimises FLOPs itself: drop --{flag.replace('_', '-')}")
+        if args.fixed_budget:
+            raise ValueError("--objective iso-quality has no budget: drop --fixed-budget")
+    else:
+        for flag in ("epsilon", "lossless_penalty"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} is for --objective iso-quality")
     uses_frontier = args.algo in RESIDUAL_ALGOS + ("selector",)
     if args.frontier is not None and not uses_frontier:
         raise ValueError(f"--frontier is for --algo {' / '.join(RESIDUAL_ALGOS + ('selector',))}, not {args.algo}")
@@ -186,7 +211,10 @@ def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
     from rewards.reward import RewardConfig
 
     budget_range = getattr(args, "budget_range", None)
-    if getattr(args, "fixed_budget", False):
+    iso = getattr(args, "objective", "budget") == "iso-quality"
+    if iso:
+        pass  # no budget: check_args refused --budget-range, --flops-budget and --fixed-budget
+    elif getattr(args, "fixed_budget", False):
         if budget_range is not None:
             raise ValueError("--fixed-budget and --budget-range cannot be combined")
     elif (budget_range is None and args.generator == "tiny" and args.flops_budget is None
@@ -194,15 +222,23 @@ def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
         budget_range = DEFAULT_BUDGET_RANGE  # the default: one agent for every budget in the range
     allow_drop = args.allow_drop_unconditional
     if allow_drop is None:
-        allow_drop = budget_range is not None
-    preset = args.reward_preset or ("infinity" if args.generator != "tiny" else
+        allow_drop = budget_range is not None or iso
+    preset = args.reward_preset or ("infinity" if args.generator != "tiny" else "embedded_iso" if iso else
                                     "embedded_budget" if budget_range is not None else "embedded")
     reward = {"embedded": RewardConfig.embedded, "embedded_budget": RewardConfig.embedded_budget,
-              "infinity": RewardConfig.infinity}[preset]()
+              "embedded_iso": RewardConfig.embedded_iso, "infinity": RewardConfig.infinity}[preset]()
     if budget_range is not None and preset == "infinity":
         reward.flops_weight, reward.flops_budget = 0.0, None  # quality alone under the episode's budget
+    if iso:  # any preset's quality terms, the lossless objective's FLOPs term and penalty
+        iso_preset = RewardConfig.embedded_iso()
+        reward.objective, reward.flops_budget = "iso-quality", None
+        reward.flops_weight, reward.epsilon, reward.lossless_penalty = (iso_preset.flops_weight, iso_preset.epsilon,
+                                                                        iso_preset.lossless_penalty)
+    elif reward.objective == "iso-quality":
+        raise ValueError(f"--reward-preset {preset} is the iso-quality objective's: give --objective iso-quality")
     for flag, field in (("flops_weight", "flops_weight"), ("clip_weight", "clip_weight"), ("ssim_weight", "ssim_weight"),
-                        ("lpips_weight", "lpips_weight"), ("flops_budget", "flops_budget"), ("budget_penalty", "budget_penalty")):
+                        ("lpips_weight", "lpips_weight"), ("flops_budget", "flops_budget"), ("budget_penalty", "budget_penalty"),
+                        ("epsilon", "epsilon"), ("lossless_penalty", "lossless_penalty")):
         v = getattr(args, flag)
         if v is not None:
             setattr(reward, field, v)
@@ -286,9 +322,20 @@ def train_selector_run(args) -> int:
     from evaluation.selector_run import train_selector
 
     env_cfg = resolve_env_config(args)
+    run = unique_run_dir(args.out, args.name or f"selector_s{args.seed}")
+    if args.objective == "iso-quality":
+        from evaluation.selector_iso import DEFAULT_EPSILONS, LosslessSettings
+        from evaluation.selector_run import train_lossless_selector
+
+        eps = list(args.selector_epsilons or DEFAULT_EPSILONS) + ([args.epsilon] if args.epsilon is not None else [])
+        settings = LosslessSettings(epsilons=tuple(sorted(set(eps))), train_source=args.train_prompts,
+                                    train_prompts=args.selector_train_prompts, cache_dir=args.cache_dir)
+        train_lossless_selector(run, env_cfg, settings, args.frontier, frontier_settings(args, env_cfg), sys.argv)
+        return 0
+    if args.selector_epsilons is not None:
+        raise ValueError("--selector-epsilons is for --objective iso-quality")
     settings = SelectorSettings(budgets=(), k=args.selector_k, train_source=args.train_prompts,
                                 train_prompts=args.selector_train_prompts, cache_dir=args.cache_dir)
-    run = unique_run_dir(args.out, args.name or f"selector_s{args.seed}")
     train_selector(run, env_cfg, settings, args.frontier, frontier_settings(args, env_cfg), list(args.selector_budgets),
                    sys.argv)
     return 0

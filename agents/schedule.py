@@ -216,9 +216,11 @@ def default_agent_budget(run: str | Path, generator) -> float | None:
 
 
 def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", clip=None,
-                        budget: float | None = None) -> AgentSchedule:
+                        budget: float | None = None, tolerance: float | None = None) -> AgentSchedule:
     """A run directory from train.py -> schedule for ``generator`` (checked to fit). A budget-conditioned
-    run needs ``budget`` (fraction of the unpruned transformer FLOPs) inside its trained range."""
+    run needs ``budget`` (fraction of the unpruned transformer FLOPs) inside its trained range; a lossless
+    selector (``--objective iso-quality``) takes no budget but an optional ``tolerance`` (the mean QUALITY
+    loss of its operating point; default: the run's --epsilon)."""
     from envs.actions import ActionMapper
     from envs.config import EnvConfig
     from envs.factory import make_clip
@@ -228,8 +230,11 @@ def load_agent_schedule(run_dir: str | Path, generator, which: str = "best", cli
     cfg = read_run_config(run)
     if which not in ("best", "final"):
         raise ValueError(f"which must be 'best' or 'final', got {which!r}")
-    if cfg["algo"] == "selector":  # no SB3 model: candidates and gain models (agents.selector)
-        return _load_selector(run, cfg, generator, clip, budget)
+    lossless = cfg["observation_layout"].get("objective") == "iso-quality"
+    if tolerance is not None and not lossless:
+        raise RunError(f"{run} is not a lossless selector (--algo selector --objective iso-quality): it takes no tolerance")
+    if cfg["algo"] == "selector":  # no SB3 model: candidates and gain (or loss) models (agents.selector)
+        return _load_selector(run, cfg, generator, clip, budget, tolerance)
     model_path = run / f"{which}_model.zip"
     if not model_path.is_file():
         raise RunError(f"{model_path} is missing (did training finish? checkpoints are in {run / 'checkpoints'})")
@@ -357,10 +362,11 @@ def load_residual_schedule(run: Path, cfg: dict, generator, which: str, clip=Non
     return ResidualAgentSchedule(model, observer, core, normalizer, layout, budget)
 
 
-def _load_selector(run: Path, cfg: dict, generator, clip, budget: float | None):
+def _load_selector(run: Path, cfg: dict, generator, clip, budget: float | None, tolerance: float | None = None):
     """A ``train.py --algo selector`` run as a schedule at ``budget`` (required, as for every
-    budget-conditioned run; the selector of the largest trained budget <= it serves)."""
-    from agents.selector import SELECTOR_FILE, SelectorSchedule, load_selectors, selector_for
+    budget-conditioned run; the selector of the largest trained budget <= it serves); a lossless one at
+    ``tolerance`` (its operating point of the largest epsilon <= it; default the run's epsilon)."""
+    from agents.selector import SELECTOR_FILE, SelectorSchedule, load_lossless, load_selectors, selector_for
     from envs.config import EnvConfig
     from envs.factory import make_clip
     from envs.observation import ObservationBuilder
@@ -370,11 +376,19 @@ def _load_selector(run: Path, cfg: dict, generator, clip, budget: float | None):
     env_cfg = EnvConfig.from_dict(cfg["env"])
     check_layout(layout, generator)
     check_same_generator(cfg, generator, run)
-    if budget is None:
+    lossless = layout.get("objective") == "iso-quality"
+    if lossless and budget is not None:
+        raise RunError(f"{run} is a lossless selector (--objective iso-quality): it takes a tolerance (e.g. --tolerance "
+                       f"among {layout.get('epsilons')}), not a budget")
+    if budget is None and not lossless:
         lo, hi = env_cfg.budget_range
         raise RunError(f"{run} is a selector trained at budgets {lo:g} .. {hi:g}: give a FLOPs budget (e.g. --budget)")
     try:
-        selector = selector_for(load_selectors(run / SELECTOR_FILE)[0], float(budget))
+        if lossless:
+            selector = load_lossless(run / SELECTOR_FILE)[0].at(
+                env_cfg.reward.epsilon if tolerance is None else float(tolerance))
+        else:
+            selector = selector_for(load_selectors(run / SELECTOR_FILE)[0], float(budget))
     except (WeightsError, ValueError) as e:
         raise RunError(f"{run}: {e}") from None
     if clip is None and env_cfg.prompt_embedding_dim > 0:

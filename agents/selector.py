@@ -85,6 +85,8 @@ def load_selectors(path: Path) -> tuple[list[BudgetSelector], dict]:
 
     how = "Train one with `python train.py --algo selector`."
     meta = read_metadata(path, how)
+    if meta.get("objective") == "iso-quality":
+        raise ValueError(f"{path} is a lossless selector (--objective iso-quality): it takes a tolerance, not a budget")
     shapes = [tuple(s) for s in meta["shapes"]]
     w = load_module(_Weights(shapes), path, how)
     out = []
@@ -144,4 +146,95 @@ class SelectorSchedule:
         return self._per_image([s.drop_uncond[scale_index] for s in self.choose(state)], state)
 
     def describe(self, widths) -> str:
-        return f"{self.label}@{self.selector.budget:g}"
+        at = "eps=" if isinstance(self.selector, LosslessSelector) else ""
+        return f"{self.label}@{at}{self.selector.budget:g}"
+
+
+# ---- the lossless selector (--objective iso-quality) ------------------------------------------------
+
+@dataclass
+class LosslessLevel:
+    """One operating point of a ``LosslessSelector``: the validation quality loss ``epsilon`` it was tuned
+    to stay within, and its rule: ``("static", i)`` serves candidate i to every image; ``("price", mu)``
+    serves each image the candidate of least ``transformer FLOPs + mu * predicted quality loss``."""
+
+    epsilon: float
+    rule: str
+    value: float
+
+    def to_json(self) -> list:
+        return [self.epsilon, self.rule, self.value]
+
+
+@dataclass
+class LosslessSelector:
+    """Lossless mode: per image the candidate (static schedules sorted by transformer FLOPs, the unpruned
+    schedule last) that is cheapest for its predicted quality loss. ``weights`` (K, F + 1): a linear model
+    per candidate of the QUALITY loss (>= 0; the unpruned schedule's is 0) from the standardised
+    first-controllable-scale observation; predictions below 0 count as 0."""
+
+    candidates: list[StaticSchedule]
+    flops: np.ndarray
+    weights: np.ndarray
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+    levels: list[LosslessLevel]
+    level: int = 0
+
+    @property
+    def budget(self) -> float:  # what SelectorSchedule.describe prints: here the operating point's epsilon
+        return self.levels[self.level].epsilon
+
+    def predicted_loss(self, X_NF: np.ndarray) -> np.ndarray:
+        """(N, K) predicted QUALITY loss of each candidate, floored at 0."""
+        Z = (np.asarray(X_NF, np.float64) - self.feature_mean) / self.feature_std
+        return np.maximum(np.concatenate([Z, np.ones((Z.shape[0], 1))], axis=1) @ self.weights.T, 0.0)
+
+    def choose_at(self, X_NF: np.ndarray, rule: str, value: float) -> np.ndarray:
+        """(N,) candidate index per image under a rule (``LosslessLevel``)."""
+        n = np.asarray(X_NF).shape[0]
+        if rule == "static":
+            return np.full(n, int(value))
+        return np.argmin(self.flops[None, :] + value * self.predicted_loss(X_NF), axis=1)
+
+    def choose(self, X_NF: np.ndarray) -> np.ndarray:
+        lv = self.levels[self.level]
+        return self.choose_at(X_NF, lv.rule, lv.value)
+
+    def at(self, epsilon: float) -> "LosslessSelector":
+        """This selector at the operating point of the largest trained epsilon <= ``epsilon``."""
+        eps = [lv.epsilon for lv in self.levels]
+        fitting = [i for i, e in enumerate(eps) if e <= epsilon + 1e-12]
+        if not fitting:
+            raise ValueError(f"tolerance {epsilon:g} is below the lossless selector's smallest trained epsilon "
+                             f"{min(eps):g} (trained at {eps})")
+        return LosslessSelector(self.candidates, self.flops, self.weights, self.feature_mean, self.feature_std,
+                                self.levels, level=max(fitting, key=lambda i: eps[i]))
+
+
+def save_lossless(path: Path, sel: LosslessSelector, info: dict) -> None:
+    from generator.weights_io import save_module
+
+    k, f = sel.weights.shape[0], sel.weights.shape[1] - 1
+    w = _Weights([(k, f)])
+    w.w0.copy_(torch.from_numpy(sel.weights))
+    w.mean0.copy_(torch.from_numpy(sel.feature_mean))
+    w.std0.copy_(torch.from_numpy(sel.feature_std))
+    meta = {"objective": "iso-quality", "shapes": [(k, f)], "flops": [float(x) for x in sel.flops],
+            "candidates": [[list(c.ratios), list(c.drop_uncond)] for c in sel.candidates],
+            "levels": [lv.to_json() for lv in sel.levels], "info": info}
+    save_module(w, path, meta, dtype=torch.float64)
+
+
+def load_lossless(path: Path) -> tuple[LosslessSelector, dict]:
+    from generator.weights_io import load_module, read_metadata
+
+    how = "Train one with `python train.py --algo selector --objective iso-quality`."
+    meta = read_metadata(path, how)
+    if meta.get("objective") != "iso-quality":
+        raise ValueError(f"{path} is a budget selector, not a lossless one")
+    w = load_module(_Weights([tuple(s) for s in meta["shapes"]]), path, how)
+    cands = [StaticSchedule(tuple(r), tuple(d)) for r, d in meta["candidates"]]
+    levels = [LosslessLevel(float(e), str(r), float(v)) for e, r, v in meta["levels"]]
+    return LosslessSelector(cands, np.asarray(meta["flops"], np.float64), w.w0.numpy(), w.mean0.numpy(),
+                            w.std0.numpy(), levels), meta.get("info", {})

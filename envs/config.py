@@ -103,6 +103,9 @@ class EnvConfig:
             self.budget_range = check_budget_range(self.budget_range, 0.0)
         check_device(self.device)
         self.reward.validate()
+        if self.reward.objective == "iso-quality" and self.budget_range is not None:
+            raise ValueError(f"the iso-quality objective minimises FLOPs itself: it takes no budget range, got "
+                             f"{list(self.budget_range)}")
         return self
 
     def first_controllable(self, num_scales: int) -> int:

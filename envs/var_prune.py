@@ -62,8 +62,10 @@ class VarPruneEnv(gym.Env):
     Every step: ``flops_weight * (FLOPs saved at this scale vs the unpruned image) / FLOPs(unpruned
     image)``. After the last scale, the terminal quality terms of ``rewards.RewardFunction``:
     CLIP-score change vs the unpruned image of the same prompt and seed, SSIM / LPIPS vs that image,
-    and the FLOPs-budget penalty if ``reward.flops_budget`` (or the episode's budget) is set. See
-    README "Reward".
+    and the FLOPs-budget penalty if ``reward.flops_budget`` (or the episode's budget) is set. Under
+    the lossless objective (``reward.objective="iso-quality"``) the terminal reward is instead
+    ``-lossless_penalty * max(0, quality loss - epsilon)`` (the CLIP term capped at 0; no budget).
+    See ``rewards.reward``.
 
     ## Budget-conditioned episodes (``budget_range``)
     Each episode has its own FLOPs budget b (observed). Before a controllable scale runs, the budget

@@ -95,7 +95,10 @@ class QualityScorer:
     def identity(self) -> dict:
         """What the scores depend on besides the images (part of the cache key): the reward weights and
         the CLIP / LPIPS models (name and a fingerprint of their weights)."""
-        ident = {"reward": self.rfn.config.to_dict(), "clip": None, "lpips": None}
+        reward = self.rfn.config.to_dict()
+        if reward["objective"] == "budget":  # the keys the budget objective had before iso-quality existed: caches stay valid
+            reward = {k: v for k, v in reward.items() if k not in ("objective", "epsilon", "lossless_penalty")}
+        ident = {"reward": reward, "clip": None, "lpips": None}
         if self.rfn.clip is not None:
             ident["clip"] = f"{getattr(self.rfn.clip, 'name', type(self.rfn.clip).__name__)}:" \
                             f"{module_fingerprint(getattr(self.rfn.clip, 'model', None))}"

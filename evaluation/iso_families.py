@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,7 @@ class Candidate:
     schedule: object | None = None     # a StaticSchedule
     budget: float | None = None
     note: str = ""
+    tolerance: float | None = None     # a lossless selector's operating point (mean QUALITY loss)
 
 
 @dataclass
@@ -134,16 +135,18 @@ class IsoContext:
                            batch_size=self.settings.batch_size)
         return ev.evaluate(schedules, label=f"judging static schedules ({split})")
 
-    def judge_agent(self, run, budget: float | None, split: str) -> dict:
-        """Per-item DomainEval scores and FLOPs fractions of ``run``'s agent at ``budget`` (cached)."""
+    def judge_agent(self, run, budget: float | None, split: str, tolerance: float | None = None) -> dict:
+        """Per-item DomainEval scores and FLOPs fractions of ``run``'s agent at ``budget`` (a lossless
+        selector: at ``tolerance``) (cached)."""
         from agents.schedule import load_agent_schedule
         from evaluation.generation import MethodSpec, generate_items
 
         cache = self.judge_cache(split, "agents")
         key = f"{run_fingerprint(run.path)}@{'none' if budget is None else f'{budget:.6f}'}"
+        key += "" if tolerance is None else f"@eps{tolerance:.6f}"
         if cache.get_named(key) is None:
             items = self.items(split)
-            agent = load_agent_schedule(run.path, self.generator, budget=budget)
+            agent = load_agent_schedule(run.path, self.generator, budget=budget, tolerance=tolerance)
             spec = MethodSpec(agent_run=str(run.path), agent_budget=budget)
             images, recs = generate_items(self.generator, spec, items, self.settings.batch_size, schedule=agent)
             row = self.domain(torch.stack(images), [p for p, _ in items])
@@ -219,7 +222,7 @@ def find_runs(run_dirs: tuple[Path, ...], runs_dir: Path | None) -> tuple:
         from agents.schedule import finished_runs
 
         paths = sorted(finished_runs(runs_dir))
-    return resolve_runs(tuple(paths), Path(runs_dir or "runs"), static_search=True) if paths else ()
+    return resolve_runs(tuple(paths), Path(runs_dir or "runs"), static_search=True, same_quality=False) if paths else ()
 
 
 def build_context(settings: IsoSettings, runs: tuple, judge_weights: Path | None) -> IsoContext:
@@ -249,6 +252,8 @@ def build_context(settings: IsoSettings, runs: tuple, judge_weights: Path | None
         raise ValueError(f"{len(both)} prompt(s) are both validation and test prompts (e.g. {both[0]!r}): the "
                          "operating point must be chosen on prompts it is not reported on")
     r = env.reward
+    if r.objective != "budget":  # static candidates are ranked by the budget objective's QUALITY (shared cache)
+        r = replace(r, objective="budget", flops_weight=0.0)
     reward_fn = RewardFunction(r, clip=make_clip(env) if r.clip_weight > 0 else None,
                                lpips=make_lpips(env) if r.lpips_weight > 0 else None)
     first = runs[0].first_controllable if runs else env.first_controllable(generator.num_scales)
@@ -356,6 +361,14 @@ def agent_family(ctx: IsoContext, run, budgets: list[tuple[str, float]]) -> Fami
     """One agent at every budget of its trained range (a run that is not budget-conditioned: once);
     budgets outside the range are n/a rows."""
     name = f"rl:{run.label}"
+    epsilons = run.config["observation_layout"].get("epsilons")
+    if epsilons:  # a lossless selector: one candidate per operating point
+        cands = []
+        for e in epsilons:
+            row = ctx.judge_agent(run, None, "val", tolerance=e)
+            cands.append(Candidate(f"eps={e:g}", float(np.mean(row["flops_fraction"])),
+                                   float(np.mean(row["total_flops_fraction"])), row, tolerance=e))
+        return Family(name, "rl", cands, run=run, note="lossless selector: one operating point per trained epsilon")
     if run.env.budget_range is None:
         row = ctx.judge_agent(run, None, "val")
         return Family(name, "rl", [Candidate("its own budget", float(np.mean(row["flops_fraction"])),
@@ -393,6 +406,7 @@ def estimate(ctx: IsoContext, cost: CostModel, refs_val: torch.Tensor, grid: lis
     for run in ctx.runs:
         lo, hi = run.env.budget_range or (0.0, 1.0)
         inside = [b for _, b in budgets if lo - 1e-9 <= b <= hi + 1e-9] if run.env.budget_range else [0.5]
+        inside = [0.8] * len(run.config["observation_layout"].get("epsilons") or []) or inside
         agents += sum(cost.images_seconds(g, b, n_val) for b in inside)
         test_agents += sum(cost.images_seconds(g, b, n_test) for b in inside)
     test = cost.images_seconds(g, 1.0, n_test) * (1 + 2 * len(ctx.settings.tolerances)) + test_agents

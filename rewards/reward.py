@@ -11,6 +11,17 @@ unpruned reference ``x0`` for prompt ``p``:
                             - budget_penalty * max(0, u - b)              (b = the episode's budget, else flops_budget)
 
 Every quality term is exactly 0 when nothing is pruned (x == x0), so an all-zero episode scores 0.
+
+The lossless objective (``objective="iso-quality"``, ``train.py --objective iso-quality``) minimises
+FLOPs subject to staying within ``epsilon`` of the unpruned image's quality instead of buying quality
+under a budget:
+
+    step reward at scale k  = flops_weight * (F0_k - F_k) / F0            (as above)
+    terminal reward         = - lossless_penalty * max(0, L - epsilon)    L = -quality >= 0
+
+where the quality's CLIP term is capped at 0 (``clip_weight * min(0, CLIP(x, p) - CLIP(x0, p))``): an
+image more "CLIP-typical" than the unpruned one is not better than it, so the quality loss L is >= 0
+and exactly 0 for the unpruned image.
 The quality terms are written once, in ``RewardConfig.quality`` (the reward and the evaluation's
 ``QualityScorer`` both use it); the FLOPs term in ``RewardConfig.flops_bonus``, the budget term in
 ``RewardConfig.close``, and an episode's sum of both in ``RewardConfig.episode_reward`` (the env's step
@@ -28,6 +39,9 @@ import torch
 from rewards.similarity import psnr, ssim
 
 
+OBJECTIVES = ("budget", "iso-quality")
+
+
 @dataclass
 class RewardConfig:
     """Weights of the reward terms (formulas in the module docstring and the README).
@@ -38,6 +52,10 @@ class RewardConfig:
     psnr_cap_db: PSNR at or above which an image counts as perfect (identical images have inf).
     flops_budget: target FLOPs fraction in (0, 1]; None disables the budget term.
     budget_penalty: penalty per unit of FLOPs fraction above the budget.
+    objective: "budget" (quality under a FLOPs budget, the terms above) or "iso-quality" (FLOPs saved,
+        minus lossless_penalty per unit of quality loss beyond epsilon; the CLIP term capped at 0).
+    epsilon: iso-quality: the quality loss (units of the quality terms) that costs nothing.
+    lossless_penalty: iso-quality: penalty per unit of quality loss beyond epsilon.
     """
 
     flops_weight: float = 1.0
@@ -48,6 +66,9 @@ class RewardConfig:
     psnr_cap_db: float = 40.0
     flops_budget: float | None = None
     budget_penalty: float = 5.0
+    objective: str = "budget"
+    epsilon: float = 0.1
+    lossless_penalty: float = 10.0
 
     @classmethod
     def embedded(cls, **overrides) -> "RewardConfig":
@@ -66,13 +87,27 @@ class RewardConfig:
                       "budget_penalty": 5.0, **overrides})
 
     @classmethod
+    def embedded_iso(cls, **overrides) -> "RewardConfig":
+        """Preset for the lossless objective on the shipped model: FLOPs saved, minus 10 per unit of quality
+        loss (CLIP change capped at 0 + SSIM) beyond 0.1 (about dropping the CFG branch at the last scale,
+        which loses 0.09 of QUALITY on validation prompts); no budget."""
+        return cls(**{"flops_weight": 1.0, "clip_weight": 0.02, "ssim_weight": 1.0, "flops_budget": None,
+                      "objective": "iso-quality", "epsilon": 0.1, "lossless_penalty": 10.0, **overrides})
+
+    @classmethod
     def infinity(cls, **overrides) -> "RewardConfig":
         """Preset for Infinity-2B: CLIP (ViT-L-14) + LPIPS, FLOPs budget at FastVAR's share (~0.37)."""
         return cls(**{"flops_weight": 1.0, "clip_weight": 0.02, "lpips_weight": 1.0, "flops_budget": 0.37,
                       "budget_penalty": 5.0, **overrides})
 
     def validate(self) -> "RewardConfig":
-        for name in ("flops_weight", "clip_weight", "ssim_weight", "lpips_weight", "psnr_weight", "budget_penalty"):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"reward objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "iso-quality" and self.flops_budget is not None:
+            raise ValueError(f"the iso-quality objective has no FLOPs budget: flops_budget must be None, got "
+                             f"{self.flops_budget!r}")
+        for name in ("flops_weight", "clip_weight", "ssim_weight", "lpips_weight", "psnr_weight", "budget_penalty",
+                     "epsilon", "lossless_penalty"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"reward {name} must be a finite number >= 0, got {v!r}")
@@ -96,13 +131,15 @@ class RewardConfig:
         ``evaluation.grid_evaluation.QualityScorer`` all call it. Arguments are floats (a float comes
         back) or per-image arrays of equal length (a float64 array comes back); ssim in [0, 1], psnr in
         dB (inf for identical images), clip_delta in CLIP-score points (image's minus the reference's),
-        lpips >= 0. A term given as None is left out: the reward has no CLIP / LPIPS scorer.
+        lpips >= 0. A term given as None is left out: the reward has no CLIP / LPIPS scorer. Under the
+        iso-quality objective the CLIP term is ``clip_weight * min(0, clip_delta)`` (module docstring).
         Computed in float64, in the order written (the same bits for a float and a one-element array).
         """
         s, p = np.asarray(ssim, np.float64), np.asarray(psnr, np.float64)
         q = -self.ssim_weight * (1.0 - s) - self.psnr_weight * (1.0 - np.minimum(p, self.psnr_cap_db) / self.psnr_cap_db)
         if clip_delta is not None:
-            q = q + self.clip_weight * np.asarray(clip_delta, np.float64)
+            d = np.asarray(clip_delta, np.float64)
+            q = q + self.clip_weight * (np.minimum(d, 0.0) if self.objective == "iso-quality" else d)
         if lpips is not None:
             q = q - self.lpips_weight * np.asarray(lpips, np.float64)
         return float(q) if q.ndim == 0 else q
@@ -132,8 +169,15 @@ class RewardConfig:
 
     def close(self, quality: float, used_fraction: float, budget: float | None = None) -> float:
         """The terminal reward from its quality terms (``quality``): quality - budget_penalty * the budget
-        excess. ``RewardFunction.terminal`` / ``terminal_batch`` return exactly this."""
+        excess; under the iso-quality objective - lossless_penalty * ``lossless_shortfall(quality)``.
+        ``RewardFunction.terminal`` / ``terminal_batch`` return exactly this."""
+        if self.objective == "iso-quality":
+            return float(-self.lossless_penalty * self.lossless_shortfall(quality))
         return float(quality - self.budget_penalty * self.budget_excess(used_fraction, budget))
+
+    def lossless_shortfall(self, quality: float) -> float:
+        """Quality loss beyond ``epsilon``: max(0, -quality - epsilon) (the quality of the unpruned image is 0)."""
+        return max(0.0, -float(quality) - self.epsilon)
 
     def episode_reward(self, quality: float, used_fraction: float, budget: float | None = None) -> float:
         """An episode's whole reward from its quality terms and the FLOPs fraction it spent: the step rewards'
