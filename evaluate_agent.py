@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--grid-prompts", type=int, default=6)
     c.add_argument("--workers", type=int, default=None, metavar="K", help="generate each method's images in K Ray "
                    "actors (each its own generator; RAY_ADDRESS points at a cluster); needs pip install -e \".[ray]\"")
+    c.add_argument("--iso-quality", default="auto", choices=("auto", "on", "off"),
+                   help="the lossless rows: every method's largest FLOPs saving at DomainEval attribute within 0.01 / "
+                        "0.02 of Original (python -m evaluation.iso_quality on the same runs, validation = the search "
+                        "items, test = the test items; OUT/iso/, and its table appended to table.md). auto: on when a "
+                        "compared run is lossless (--objective iso-quality)")
     c.add_argument("--out", type=Path, default=None)
     f = ap.add_argument_group("folder mode")
     f.add_argument("--orig", type=Path, default=None, help="reference (unpruned) images")
@@ -102,6 +107,37 @@ def compare_request(args: argparse.Namespace) -> CompareRequest:
         budget=args.budget, budgets=None if args.budgets is None else tuple(args.budgets),
         judge_weights=args.judge_weights, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
         out=args.out, json=args.json, grid_prompts=args.grid_prompts)
+
+
+# ---- the lossless rows ---------------------------------------------------------------------------
+def wants_iso_quality(mode: str, runs) -> bool:
+    """--iso-quality: on, off, or auto (on when a run was trained with --objective iso-quality)."""
+    return mode == "on" or (mode == "auto" and any(r.env.reward.objective == "iso-quality" for r in runs))
+
+
+def lossless_rows(args: argparse.Namespace, plan, summary: dict) -> None:
+    """The iso-quality summary of the compared runs on compare mode's items (``evaluation.iso_quality``):
+    OUT/iso/{iso.json, iso.md, iso.png}, its headline table appended to OUT/table.md, and its operating
+    points in OUT/summary.json under "iso_quality"."""
+    from evaluation.iso_families import IsoSettings
+    from evaluation.iso_quality import run_iso_quality
+    from evaluation.iso_quality_report import headline_table, write_iso_report
+    from generator.weights_io import atomic_write_bytes, atomic_write_json
+
+    settings = IsoSettings(val_source=args.search_prompts, val_prompts=args.search_num_prompts,
+                           val_seeds=tuple(args.search_seeds), test_source=args.prompts, test_prompts=args.num_prompts,
+                           test_seeds=tuple(args.seeds), batch_size=args.batch_size, cache_dir=args.cache_dir)
+    iso = run_iso_quality(settings, tuple(r.path for r in plan.runs), None, args.judge_weights,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    write_iso_report(iso, plan.out / "iso")
+    table = plan.out / "table.md"
+    atomic_write_bytes(table, (table.read_text() + "\n\n### Lossless rows (largest FLOPs saving at DomainEval attribute "
+                      "within a tolerance of Original's; details in iso/iso.md)\n\n" + headline_table(iso) + "\n").encode())
+    summary["iso_quality"] = {name: fam["operating_points"] for name, fam in iso["families"].items()}
+    atomic_write_json(plan.out / "summary.json", summary)
+    if args.json is not None:
+        atomic_write_json(args.json, summary)
+    print(f"lossless rows: {plan.out / 'iso' / 'iso.md'}")
 
 
 # ---- folder mode ---------------------------------------------------------------------------------
@@ -152,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: ImageReward {suite.image_reward_why}; continuing without it", file=sys.stderr)
         if folder:
             return folder_mode(args, suite)
-        run_comparison(plan, suite, ProgressLog())
+        summary = run_comparison(plan, suite, ProgressLog())
+        if wants_iso_quality(args.iso_quality, plan.runs):
+            lossless_rows(args, plan, summary)
         return 0
     except (ValueError, FileNotFoundError, RunError, WeightsError, ClipWeightsUnavailable, LpipsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)

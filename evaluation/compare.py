@@ -109,7 +109,9 @@ def build_models(runs: tuple[RunInfo, ...], budgets: BudgetRequest, domain_promp
         check_layout(dict(run.config["observation_layout"], run=run.path.name), generator)
         check_same_generator(run.config, generator, run.path)
     domain = DomainEval.load(judge_weights, enabled=domain_prompts)
-    reward_fns = [RewardFunction(r.env.reward, clip=suite.clip if r.env.reward.clip_weight > 0 else None,
+    # QUALITY under the budget objective for every run (an iso-quality run's capped CLIP term is its training
+    # signal, not the scoreboard's): the same column and the same static-search cache whatever the runs' objectives
+    reward_fns = [RewardFunction(r.env.reward.budget_quality(), clip=suite.clip if r.env.reward.clip_weight > 0 else None,
                                  lpips=suite.lpips if r.env.reward.lpips_weight > 0 else None) for r in runs]
     return Models(generator, domain, reward_fns[0], agents)
 

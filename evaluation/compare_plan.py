@@ -322,9 +322,9 @@ def latest_run(runs_dir: Path) -> Path:
 def resolve_runs(run_dirs: tuple[Path, ...], runs_dir: Path, static_search: bool,
                  same_quality: bool = True) -> tuple[RunInfo, ...]:
     """The runs to compare (default: the latest under ``runs_dir``), each a finished train.py run; they
-    must share the generator, its CFG scale, the quality weights and objective (unless not ``same_quality``:
-    the iso-quality tool judges them by DomainEval alone) and, for the static search, the first
-    controllable scale."""
+    must share the generator, its CFG scale, the quality weights (unless not ``same_quality``: the
+    iso-quality tool judges them by DomainEval alone) and, for the static search, the first controllable
+    scale. QUALITY is the budget objective's for every run (``RewardConfig.budget_quality``)."""
     from agents.schedule import RunError, read_run_config, served_file
     from envs.config import EnvConfig
 
@@ -349,11 +349,10 @@ def resolve_runs(run_dirs: tuple[Path, ...], runs_dir: Path, static_search: bool
         raise ValueError(f"runs control different scales (first controllable scale {sorted(firsts)}): evaluate them "
                          "separately (each gets a static baseline with the same levers)")
     quality_keys = {tuple((k, r.env.reward.to_dict()[k]) for k in ("clip_weight", "ssim_weight", "lpips_weight",
-                                                                    "psnr_weight", "psnr_cap_db", "objective"))
+                                                                    "psnr_weight", "psnr_cap_db"))
                     for r in runs}
     if len(quality_keys) > 1 and same_quality:
-        raise ValueError(f"runs weigh the quality terms differently {sorted(quality_keys)}: evaluate them separately "
-                         "(an iso-quality run caps the CLIP term: its QUALITY is not a budget run's)")
+        raise ValueError(f"runs weigh the quality terms differently {sorted(quality_keys)}: evaluate them separately")
     return tuple(runs)
 
 

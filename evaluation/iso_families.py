@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -251,9 +251,7 @@ def build_context(settings: IsoSettings, runs: tuple, judge_weights: Path | None
     if both:
         raise ValueError(f"{len(both)} prompt(s) are both validation and test prompts (e.g. {both[0]!r}): the "
                          "operating point must be chosen on prompts it is not reported on")
-    r = env.reward
-    if r.objective != "budget":  # static candidates are ranked by the budget objective's QUALITY (shared cache)
-        r = replace(r, objective="budget", flops_weight=0.0)
+    r = env.reward.budget_quality()  # static candidates are ranked by the budget objective's QUALITY (shared cache)
     reward_fn = RewardFunction(r, clip=make_clip(env) if r.clip_weight > 0 else None,
                                lpips=make_lpips(env) if r.lpips_weight > 0 else None)
     first = runs[0].first_controllable if runs else env.first_controllable(generator.num_scales)

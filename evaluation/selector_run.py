@@ -89,8 +89,7 @@ def _prepare(run: Path, env_cfg, train_source: str, train_prompts: int, train_se
     check(generator)
     search_fn = reward_fn
     if reward_fn.config.objective != "budget":
-        search_fn = RewardFunction(replace(reward_fn.config, objective="budget", flops_weight=0.0),
-                                   clip=reward_fn.clip, lpips=reward_fn.lpips)
+        search_fn = RewardFunction(reward_fn.config.budget_quality(), clip=reward_fn.clip, lpips=reward_fn.lpips)
     frontier, pool = obtain_frontier(frontier_source, generator, search_fn, first, frontier_settings, log)
     t_frontier = time.time() - t0
     run.mkdir(parents=True, exist_ok=False)

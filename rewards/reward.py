@@ -31,7 +31,7 @@ and terminal rewards and the scoreboard's reward column all call these).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -120,6 +120,15 @@ class RewardConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def budget_quality(self) -> "RewardConfig":
+        """This config's quality terms under the budget objective (CLIP uncapped, no FLOPs term, no budget):
+        how the static search, the frontier and compare mode rank schedules whatever the run's objective,
+        so an iso-quality run shares their caches. Itself for a budget-objective config."""
+        if self.objective == "budget":
+            return self
+        return replace(self, objective="budget", flops_weight=0.0, flops_budget=None, epsilon=RewardConfig.epsilon,
+                       lossless_penalty=RewardConfig.lossless_penalty)
 
     def quality(self, ssim, psnr, clip_delta=None, lpips=None):
         """The reward's quality terms (the module docstring's terminal reward without the budget term):

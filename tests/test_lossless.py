@@ -162,15 +162,20 @@ def test_train_lossless_selector_run_loads_and_generates(tmp_path):
     assert generate.main(["--agent", str(run), "--tolerance", "0.2", "--prompt", PROMPTS[0], "--out", str(out)]) == 0
     assert any(out.rglob("*.jpg")) or any(out.rglob("*.png"))
 
-    # the iso-quality tool lists its operating points as the family's candidates, judged at each tolerance
+    # evaluate_agent.py on a lossless run: its row at its own spend, and (--iso-quality auto) the lossless rows,
+    # where the iso-quality tool lists its operating points as the family's candidates
     import json
 
-    from evaluation.iso_quality import main as iso_main
+    import evaluate_agent
 
-    assert iso_main(["--out", str(tmp_path / "iso"), "--run", str(run), "--val-prompts", "2", "--test-prompts", "2",
-                     "--test-seeds", "0", "--strengths", "1", "--one-scale-ratios", "0.5", "--two-scale-ratios",
-                     "--n-boot", "50", "--cache-dir", str(tmp_path / "cache")]) == 0
-    fam = json.loads((tmp_path / "iso" / "iso.json").read_text())["families"]["rl:iso"]
+    out = tmp_path / "ev"
+    assert evaluate_agent.main(["--run", str(run), "--num-prompts", "2", "--seeds", "0", "--search-num-prompts", "2",
+                                "--no-static-search", "--latency-images", "0", "--grid-prompts", "1",
+                                "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    fam = json.loads((out / "iso" / "iso.json").read_text())["families"]["rl:iso"]
     assert [c["label"] for c in fam["candidates"]] == ["eps=0.05", "eps=0.1", "eps=0.2"]
     assert all(0 < c["transformer"] <= 1.0 and "val_delta_attr" in c for c in fam["candidates"])
     assert all("vs_static_frontier" in op for op in fam["operating_points"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["iso_quality"]) == {"fastvar_scaled", "static_frontier", "rl:iso"}
+    assert "### Lossless rows" in (out / "table.md").read_text()
