@@ -121,14 +121,22 @@ def _bilinear_up(coarse: np.ndarray, size: int) -> np.ndarray:
     return rows[:, i0] * (1 - fc) + rows[:, i0 + 1] * fc
 
 
+def sample_scenes(seed: int, n: int, size: int = 64) -> list[tuple[Scene, int]]:
+    """The n (scene, render seed) pairs ``sample_batch(seed, n, size)`` renders, in its order."""
+    rng = np.random.default_rng([seed, n, size])
+    out = []
+    for _ in range(n):
+        sc = sample_scene(rng)
+        out.append((sc, int(rng.integers(2**31))))
+    return out
+
+
 def sample_batch(seed: int, n: int, size: int = 64) -> tuple[np.ndarray, list[str]]:
     """n random (image, caption) pairs from the whole grammar; deterministic in (seed, n)."""
-    rng = np.random.default_rng([seed, n, size])
     imgs = np.empty((n, size, size, 3), np.uint8)
     caps = []
-    for i in range(n):
-        sc = sample_scene(rng)
-        imgs[i] = render(sc, int(rng.integers(2**31)), size)
+    for i, (sc, render_seed) in enumerate(sample_scenes(seed, n, size)):
+        imgs[i] = render(sc, render_seed, size)
         caps.append(caption(sc))
     return imgs, caps
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from domain import SIZES, Scene, parse_caption, sample_batch
+from domain import SIZES, Scene, parse_caption
+from domain import caption as caption_of
 from judge.checks import attribute_checks, score_scene
 from judge.heads import ATTRIBUTES, OBJECT_HEADS
 from judge.model import DomainJudge
@@ -91,15 +92,22 @@ def targets_met(block: dict) -> dict[str, bool]:
 
 
 def judge_on_reconstructions(judge: DomainJudge, num_renders: int, seed: int, tokenizer=None,
-                             failures_png: Path | None = None) -> dict:
+                             failures_png: Path | None = None, erasure: int = 0) -> dict:
     """The judge on ``num_renders`` renders drawn with ``seed`` (``domain.sample_batch``), on their full
     reconstructions and, as a diagnostic, on reconstructions without the last scale. Returns the
     ``reconstruction`` block of ``python -m judge --json`` (accuracies, targets, which are met);
-    ``failures_png`` also writes a grid of reconstructions the judge misreads, beside their renders."""
+    ``failures_png`` also writes a grid of reconstructions the judge misreads, beside their renders;
+    ``erasure`` > 0: on the first ``erasure`` renders, which checks the reconstructions still hold,
+    measured without the judge (``judge.erasure``: ~45 counterfactual reconstructions per image), and the
+    judge's accuracy on those and on the others."""
+    from domain import render, sample_scenes
+
     if num_renders < 1:
         raise ValueError(f"num_renders must be >= 1, got {num_renders}")
     tokenizer = embedded_tokenizer() if tokenizer is None else tokenizer
-    renders, captions = sample_batch(seed, num_renders)
+    scenes = sample_scenes(seed, num_renders)
+    renders = np.stack([render(sc, s) for sc, s in scenes])   # = sample_batch(seed, num_renders)[0]
+    captions = [caption_of(sc) for sc, _ in scenes]
     recon = reconstruct(tokenizer, renders)
     seen_recon = judge.predict(recon)
     block = {"seed": seed, "renders": detailed_accuracy(judge.predict(renders), captions),
@@ -108,6 +116,16 @@ def judge_on_reconstructions(judge: DomainJudge, num_renders: int, seed: int, to
                                                                      captions),
              "targets": TARGETS}
     block["targets_met"] = targets_met(block)
+    if erasure:
+        from judge.erasure import READABLE_THRESHOLD, readable_accuracy, retentions
+
+        n = min(int(erasure), num_renders)
+        kept = retentions(tokenizer, scenes[:n], renders[:n], recon[:n])
+        flat = np.asarray([r for k in kept for v in k.values() for r in v if np.isfinite(r)])
+        block["erasure"] = {"n_images": n,
+                            "retention_percentiles": {str(q): float(np.percentile(flat, q)) for q in (1, 5, 25, 50)},
+                            "by_threshold": [readable_accuracy(seen_recon[:n], scenes[:n], kept, t)
+                                             for t in (READABLE_THRESHOLD, 0.5)]}
     if failures_png is not None:
         wrong = [i for i, (s, c) in enumerate(zip(seen_recon, captions)) if score_scene(s, parse_caption(c)).scene_accuracy < 1]
         block["failures_png"] = str(failures_png)

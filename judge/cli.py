@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-renders", type=int, default=2000, help="held-out random renders to measure the judge on")
     ap.add_argument("--num-reconstructions", type=int, default=400,
                     help="held-out renders whose tokenizer reconstructions the judge is measured on (0 = skip)")
+    ap.add_argument("--erasure-renders", type=int, default=100,
+                    help="of those, how many get the erasure analysis (which checks the reconstruction still holds, "
+                         "measured without the judge: ~45 counterfactual reconstructions each; 0 = skip it)")
     ap.add_argument("--failures-png", type=Path, default=None,
                     help="also write a grid of the reconstructions the judge misreads, beside their renders")
     ap.add_argument("--weights", type=Path, default=JUDGE_WEIGHTS)
@@ -47,6 +50,8 @@ def _check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error(f"--num-renders must be >= 2, got {args.num_renders}")
     if args.num_reconstructions < 0:
         ap.error(f"--num-reconstructions must be >= 0, got {args.num_reconstructions}")
+    if args.erasure_renders < 0:
+        ap.error(f"--erasure-renders must be >= 0, got {args.erasure_renders}")
     if args.batch_size < 1:
         ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
 
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = run_domaineval(judge, args.num_prompts, args.seeds, args.num_renders, args.batch_size,
-                            num_reconstructions=args.num_reconstructions, failures_png=args.failures_png)
+                            num_reconstructions=args.num_reconstructions, failures_png=args.failures_png,
+                            erasure_renders=args.erasure_renders)
     result["judge_weights"] = str(args.weights)
     result["judge_training"] = {k: v for k, v in read_metadata(args.weights).items() if k != "judge_config"}
     result["wall_seconds"] = round(time.time() - t0, 1)

@@ -230,11 +230,12 @@ def clip_vs_judge(per_method: dict[str, dict], test: TestImages, clip, clip_tok)
 
 def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_renders: int, batch_size: int = 50,
                    log: Callable[[str], None] = print, num_reconstructions: int = 400,
-                   failures_png: Path | None = None) -> dict:
+                   failures_png: Path | None = None, erasure_renders: int = 100) -> dict:
     """Everything ``python -m judge`` reports, as a dict: the first ``num_prompts`` test prompts x
     ``seeds`` generated ``batch_size`` at a time, ``num_renders`` held-out renders (stages above), and
     the ``reconstruction`` block: ``num_reconstructions`` other held-out renders and their tokenizer
-    reconstructions (``judge.accuracy``; 0 = skip it)."""
+    reconstructions (``judge.accuracy``; 0 = skip it), with what the first ``erasure_renders`` of them
+    still hold (``judge.erasure``)."""
     from domain import load_prompts
     from rewards.clip_model import create_embedded_clip
 
@@ -246,7 +247,7 @@ def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_r
     if num_reconstructions:
         t = time.time()
         out["reconstruction"] = judge_on_reconstructions(judge, num_reconstructions, HELDOUT_RECONSTRUCTION_SEED,
-                                                         failures_png=failures_png)
+                                                         failures_png=failures_png, erasure=erasure_renders)
         log(f"reconstructions: {time.time() - t:.1f}s")
     t = time.time()
     clip, _, clip_tok = create_embedded_clip()
@@ -322,4 +323,14 @@ def format_reconstruction(block: dict) -> list[str]:
                      + f"{b['attribute_accuracy']:>10.4f}{b['scene_accuracy']:>11.4f}  "
                      + "/".join(f"{b['by_object_size'].get(s, float('nan')):.3f}" for s in ("small", "medium", "large")))
     lines.append("  targets met: " + ", ".join(f"{k} {v}" for k, v in block["targets_met"].items()))
+    if "erasure" in block:
+        e = block["erasure"]
+        lines.append(f"  what the reconstructions hold (judge.erasure, first {e['n_images']} images; retention = share of "
+                     "the pixel difference to the nearest other value that survives the tokenizer): percentiles "
+                     + ", ".join(f"{q}%: {v:.2f}" for q, v in e["retention_percentiles"].items()))
+        for b in e["by_threshold"]:
+            lines.append(f"    retention >= {b['threshold']:g}: " + "; ".join(
+                f"{a} {v['readable_accuracy']:.3f} on readable ({v['unreadable_share_of_checks']:.1%} unreadable, "
+                f"{v['unreadable_share_of_misses']:.0%} of its misses)" for a, v in b["per_attribute"].items())
+                + f"; scene {b['scene_accuracy_all_readable']:.3f} on the {b['images_all_readable']} fully readable images")
     return lines

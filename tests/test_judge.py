@@ -171,9 +171,9 @@ def test_judge_reads_held_out_renders_at_target(held_out):
 def test_judge_reads_tokenizer_reconstructions_it_never_saw(held_out):
     """Judge v1 read 98.9 % of noisy-background reconstructions as plain (background kind 0.705 on 400
     held-out reconstructions) and scored attribute 0.890 / scene 0.435 on them. The issue's targets
-    (attribute 0.97, every attribute 0.95, scene 0.85) are not met: thin outlines, small objects and
-    overlaps do not survive the tokenizer (docs/judge.md shows the misread reconstructions); these are the
-    thresholds v2 holds, well above v1."""
+    (attribute 0.97, every attribute 0.95, scene 0.85) are not met, and the erasure measure (below) says
+    the misses are mostly the judge's, not the tokenizer's; these are the thresholds v2 holds, well
+    above v1."""
     rec = held_out["reconstructions"]
     assert rec["per_attribute"]["background_kind"] >= 0.98 and rec["per_attribute"]["background_colour"] >= 0.99
     assert rec["attribute_accuracy"] >= 0.95 and rec["scene_accuracy"] >= 0.62
@@ -304,3 +304,37 @@ def test_detailed_accuracy_splits_the_background_and_groups_objects_by_size():
     assert d["scene_accuracy"] == 1 / 3 and d["n_images"] == 3
     with pytest.raises(ValueError, match="2 scenes but 1 captions"):
         detailed_accuracy([want, want], [PROMPTS[1]])
+
+
+def test_erasure_measures_what_a_reconstruction_holds_without_the_judge():
+    """judge.erasure: counterfactual renders differ from the render exactly where the object changed;
+    the retention of a large object's colour is high (the tokenizer keeps colours of large objects), every
+    retention is finite and positive, and the readable/unreadable split partitions the checks."""
+    from domain import ObjectSpec, Scene, render, sample_scenes
+    from judge.accuracy import embedded_tokenizer, reconstruct
+    from judge.erasure import VALUES, counterfactuals, readable_accuracy, retentions
+
+    big = Scene((ObjectSpec("square", "red", "large", "centre", "solid"),), "plain", "gray")
+    alts = counterfactuals(big, 0, "colour")
+    assert len(alts) == len(VALUES["colour"]) - 1 and all(a.objects[0].colour != "red" for a in alts)
+    x, xa = render(big, 3), render(alts[0], 3)
+    changed = (x != xa).any(axis=2)
+    assert changed.any() and not changed[0, 0] and not changed[-1, -1]  # the background corners are untouched
+    tok = embedded_tokenizer()
+    scenes = [(big, 3)] + sample_scenes(FRESH_SEED, 5)
+    renders = np.stack([render(sc, s) for sc, s in scenes])
+    recon = reconstruct(tok, renders)
+    kept = retentions(tok, scenes, renders, recon)
+    assert kept[0]["colour"][0] > 0.5
+    flat = [r for k in kept for v in k.values() for r in v]
+    assert all(0 < r < 3 for r in flat)
+    truth = [sc for sc, _ in scenes]  # a judge that reads every scene right: every check holds
+    for t in (0.0, 0.7, 10.0):
+        acc = readable_accuracy(truth, scenes, kept, t)
+        for a, v in acc["per_attribute"].items():
+            n_checks = sum(len(k[a]) for k in kept)
+            unreadable = sum(r < t for k in kept for r in k[a])
+            assert v["unreadable_share_of_checks"] == pytest.approx(unreadable / n_checks)
+            assert v["unreadable_share_of_misses"] == 0.0
+    assert readable_accuracy(truth, scenes, kept, 0.0)["images_all_readable"] == len(scenes)
+    assert readable_accuracy(truth, scenes, kept, 10.0)["images_all_readable"] == 0

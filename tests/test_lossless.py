@@ -179,3 +179,12 @@ def test_train_lossless_selector_run_loads_and_generates(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["iso_quality"]) == {"fastvar_scaled", "static_frontier", "rl:iso"}
     assert "### Lossless rows" in (out / "table.md").read_text()
+    # its own signal on held-out items: the saving is the static option's FLOPs minus the selector's, per level
+    from evaluation.lossless_test import lossless_test
+
+    held = lossless_test(run, "test", 2, [0], tmp_path / "cache")
+    assert [r["epsilon"] for r in held["levels"]] == [0.05, 0.1, 0.2]
+    for r in held["levels"]:
+        assert r["flops_saving_vs_static"]["mean_diff"] == pytest.approx(r["static_flops"] - r["flops"])
+        assert r["loss_minus_static"]["mean_diff"] == pytest.approx(r["loss"] - r["static_loss"])
+        assert 0 <= r["deviation_rate"] <= 1 and r["loss"] >= 0
