@@ -142,7 +142,7 @@ class ResidualCore:
     def masks(self, state, schedules: list, budgets: list[float]) -> np.ndarray:
         """(B, N_MOVES) bool: the moves image b of ``state`` may make at its next scale (valid at the
         edge, and the decision followed by the frontier's rest fits ``budgets[b]``)."""
-        k, n, B = state.scale_index, self.num_scales, state.batch
+        k, B = state.scale_index, state.batch
         out = np.zeros((B, N_MOVES), bool)
         if state.finished:
             return out

@@ -12,7 +12,6 @@ intervals of the paired differences (FLOPs saving, loss). Whether the saving hol
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def lossless_test(run: Path, prompts: str, num_prompts: int, seeds: list[int], c
     from domain import load_prompts
     from envs.config import EnvConfig
     from envs.observation import ObservationBuilder
-    from evaluation.grid_evaluation import GridCache, GridEvaluator, QualityScorer, check_items, generate_references
+    from evaluation.grid_evaluation import check_items, items_quality
     from evaluation.selector_fit import first_scale_features
     from evaluation.selector_run import run_models
     from rewards.stats import clustered_paired
@@ -39,12 +38,9 @@ def lossless_test(run: Path, prompts: str, num_prompts: int, seeds: list[int], c
     generator, clip, reward_fn = run_models(env)
     sel, info = load_lossless(Path(run) / SELECTOR_FILE)
     items = check_items(load_prompts(prompts)[:num_prompts], seeds, f"--prompts {prompts}", env.generator == "tiny")
-    refs = generate_references(generator, items, batch_size)
-    scorer = QualityScorer(reward_fn, refs, [p for p, _ in items])
-    ev = GridEvaluator(generator, items, [scorer], batch_size=batch_size,
-                       cache=GridCache(cache_dir, generator.fingerprint(), items, scorer.identity()))
-    res = ev.evaluate(list(dict.fromkeys(sel.candidates)), label="lossless candidates on the test items")
-    L = np.stack([np.maximum(-np.asarray(res[c]["quality"], np.float64), 0.0) for c in sel.candidates], axis=1)
+    q = items_quality(generator, reward_fn, items, sel.candidates, batch_size, cache_dir,
+                      "lossless candidates on the test items")
+    L = np.stack([np.maximum(-q[c], 0.0) for c in sel.candidates], axis=1)
     first = cfg["observation_layout"]["first_controllable_scale"]
     observer = ObservationBuilder(generator, first, env.prompt_embedding_dim, clip, budget_conditioned=False)
     X = first_scale_features(generator, observer, items, first, batch_size)

@@ -97,7 +97,7 @@ def candidates_for(frontier, pool_quality: dict, transformer: Callable, budget: 
 def fit_selectors(generator, reward_fn, observer, frontier, pool_quality: dict, val_items: list, train_items: list,
                   settings: SelectorSettings, log: Callable[[str], None] = print) -> tuple[list[BudgetSelector], dict]:
     """One ``BudgetSelector`` per budget (module docstring) and a report of the fit."""
-    from evaluation.grid_evaluation import GridCache, GridEvaluator, QualityScorer, generate_references
+    from evaluation.grid_evaluation import items_quality
     from evaluation.static_search import FlopsTable
 
     settings.check()
@@ -106,14 +106,9 @@ def fit_selectors(generator, reward_fn, observer, frontier, pool_quality: dict, 
     first = frontier.first_controllable
     cands = {b: candidates_for(frontier, pool_quality, flops.transformer, b, settings.k) for b in settings.budgets}
     wanted = list(dict.fromkeys(s for c in cands.values() for s in c))
-    per_item = {}
-    for name, items in (("train", train_items), ("val", val_items)):
-        refs = generate_references(generator, items, settings.batch_size)
-        scorer = QualityScorer(reward_fn, refs, [p for p, _ in items])
-        ev = GridEvaluator(generator, items, [scorer], batch_size=settings.batch_size,
-                           cache=GridCache(settings.cache_dir, generator.fingerprint(), items, scorer.identity()))
-        res = ev.evaluate(wanted, label=f"selector candidates on the {name} items")
-        per_item[name] = {s: np.asarray(res[s]["quality"], np.float64) for s in wanted}
+    per_item = {name: items_quality(generator, reward_fn, items, wanted, settings.batch_size, settings.cache_dir,
+                                    f"selector candidates on the {name} items")
+                for name, items in (("train", train_items), ("val", val_items))}
     X = {"train": first_scale_features(generator, observer, train_items, first, settings.batch_size),
          "val": first_scale_features(generator, observer, val_items, first, settings.batch_size)}
     selectors, report = [], {"budgets": [], "train_items": len(train_items), "val_items": len(val_items)}

@@ -104,7 +104,7 @@ def fit_lossless(generator, reward_fn, observer, frontier, val_items: list, trai
                  settings: LosslessSettings, allow_drop: bool, log: Callable[[str], None] = print
                  ) -> tuple[LosslessSelector, dict]:
     """The lossless selector (module docstring) and a report of the fit."""
-    from evaluation.grid_evaluation import GridCache, GridEvaluator, QualityScorer, generate_references
+    from evaluation.grid_evaluation import items_quality
     from evaluation.iso_candidates import near_lossless_schedules
     from evaluation.selector_fit import first_scale_features, fit_ridge
     from evaluation.static_search import FlopsTable, guided_scales
@@ -120,12 +120,9 @@ def fit_lossless(generator, reward_fn, observer, frontier, val_items: list, trai
     pool = list(dict.fromkeys([e.schedule for e in frontier.entries] + grid))
     loss = {}
     for name, items in (("train", train_items), ("val", val_items)):
-        refs = generate_references(generator, items, settings.batch_size)
-        scorer = QualityScorer(reward_fn, refs, [p for p, _ in items])
-        ev = GridEvaluator(generator, items, [scorer], batch_size=settings.batch_size,
-                           cache=GridCache(settings.cache_dir, generator.fingerprint(), items, scorer.identity()))
-        res = ev.evaluate(pool, label=f"lossless candidates on the {name} items")
-        loss[name] = {s: np.maximum(-np.asarray(res[s]["quality"], np.float64), 0.0) for s in pool}
+        q = items_quality(generator, reward_fn, items, pool, settings.batch_size, settings.cache_dir,
+                          f"lossless candidates on the {name} items")
+        loss[name] = {s: np.maximum(-q[s], 0.0) for s in pool}
     f = {s: flops.transformer(s) for s in pool}
     cands = pareto_by_loss(f, {s: float(loss["train"][s].mean()) for s in pool})
     L = {n: np.stack([loss[n][s] for s in cands], axis=1) for n in ("train", "val")}
