@@ -4,6 +4,7 @@
     python train.py --algo dqn --flops-weight 2   # discrete ratio grid, FLOPs weighted higher
     python train.py --resume runs/ppo_s0          # continue an interrupted run
     python train.py --algo ppo-residual --frontier frontier.json   # moves relative to the static frontier
+    python train.py --algo selector --objective iso-quality       # lossless mode: fewest FLOPs within epsilon
 
 Leaves runs/<name>/ with final_model.zip, best_model.zip (best mean reward on validation
 prompts), *_obs_stats.json (observation normalisation), config.json (everything resolved),
