@@ -120,7 +120,7 @@ def judge_on_reconstructions(judge: DomainJudge, num_renders: int, seed: int, to
         from judge.erasure import READABLE_THRESHOLD, readable_accuracy, retentions
 
         n = min(int(erasure), num_renders)
-        kept = retentions(tokenizer, scenes[:n], renders[:n], recon[:n])
+        kept = retentions(lambda x: reconstruct(tokenizer, x), scenes[:n], renders[:n], recon[:n])
         flat = np.asarray([r for k in kept for v in k.values() for r in v if np.isfinite(r)])
         block["erasure"] = {"n_images": n,
                             "retention_percentiles": {str(q): float(np.percentile(flat, q)) for q in (1, 5, 25, 50)},

@@ -18,6 +18,7 @@ ever *measured* here, never involved in deciding what is readable.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 
@@ -41,12 +42,11 @@ def counterfactuals(scene: Scene, j: int, attribute: str) -> list[Scene]:
     return out
 
 
-def retentions(tokenizer, scenes: list[tuple[Scene, int]], renders: np.ndarray, recons: np.ndarray,
-               batch: int = 500) -> list[dict[str, list[float]]]:
+def retentions(reconstruct: Callable[[np.ndarray], np.ndarray], scenes: list[tuple[Scene, int]], renders: np.ndarray,
+               recons: np.ndarray, batch: int = 500) -> list[dict[str, list[float]]]:
     """Per image, per ERASURE_ATTRIBUTES, one retention per object (the module docstring's minimum over
-    the alternatives), objects in the scene's order."""
-    from judge.accuracy import reconstruct
-
+    the alternatives), objects in the scene's order. ``reconstruct``: uint8 (N, H, W, 3) renders -> their
+    tokenizer reconstructions (``judge.accuracy.reconstruct`` with the tokenizer bound)."""
     jobs, alt = [], []
     for i, (scene, seed) in enumerate(scenes):
         for j in range(len(scene.objects)):
@@ -57,7 +57,7 @@ def retentions(tokenizer, scenes: list[tuple[Scene, int]], renders: np.ndarray, 
     out = [{a: [np.inf] * len(s.objects) for a in ERASURE_ATTRIBUTES} for s, _ in scenes]
     for k in range(0, len(alt), batch):
         x_alt = np.stack(alt[k:k + batch])
-        r_alt = reconstruct(tokenizer, x_alt)
+        r_alt = reconstruct(x_alt)
         for m, (i, j, a) in enumerate(jobs[k:k + batch]):
             d_render = np.linalg.norm(renders[i].astype(np.float64) - x_alt[m].astype(np.float64))
             d_recon = np.linalg.norm(recons[i].astype(np.float64) - r_alt[m].astype(np.float64))

@@ -324,7 +324,7 @@ def test_erasure_measures_what_a_reconstruction_holds_without_the_judge():
     scenes = [(big, 3)] + sample_scenes(FRESH_SEED, 5)
     renders = np.stack([render(sc, s) for sc, s in scenes])
     recon = reconstruct(tok, renders)
-    kept = retentions(tok, scenes, renders, recon)
+    kept = retentions(lambda x: reconstruct(tok, x), scenes, renders, recon)
     assert kept[0]["colour"][0] > 0.5
     flat = [r for k in kept for v in k.values() for r in v]
     assert all(0 < r < 3 for r in flat)
