@@ -194,6 +194,8 @@ def check_args(args) -> None:
         for flag in ("epsilon", "lossless_penalty"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} is for --objective iso-quality")
+    if args.selector_epsilons is not None and not (args.algo == "selector" and args.objective == "iso-quality"):
+        raise ValueError("--selector-epsilons is for --algo selector --objective iso-quality")
     uses_frontier = args.algo in RESIDUAL_ALGOS + ("selector",)
     if args.frontier is not None and not uses_frontier:
         raise ValueError(f"--frontier is for --algo {' / '.join(RESIDUAL_ALGOS + ('selector',))}, not {args.algo}")
@@ -213,13 +215,11 @@ def resolve_env_config(args) -> "EnvConfig":  # noqa: F821
 
     budget_range = getattr(args, "budget_range", None)
     iso = getattr(args, "objective", "budget") == "iso-quality"
-    if iso:
-        pass  # no budget: check_args refused --budget-range, --flops-budget and --fixed-budget
-    elif getattr(args, "fixed_budget", False):
+    if getattr(args, "fixed_budget", False):
         if budget_range is not None:
             raise ValueError("--fixed-budget and --budget-range cannot be combined")
-    elif (budget_range is None and args.generator == "tiny" and args.flops_budget is None
-          and args.reward_preset in (None, "embedded_budget")):
+    elif (not iso and budget_range is None and args.generator == "tiny" and args.flops_budget is None
+          and args.reward_preset in (None, "embedded_budget")):  # iso: no budget (check_args refused one)
         budget_range = DEFAULT_BUDGET_RANGE  # the default: one agent for every budget in the range
     allow_drop = args.allow_drop_unconditional
     if allow_drop is None:
@@ -333,8 +333,6 @@ def train_selector_run(args) -> int:
                                     train_prompts=args.selector_train_prompts, cache_dir=args.cache_dir)
         train_lossless_selector(run, env_cfg, settings, args.frontier, frontier_settings(args, env_cfg), sys.argv)
         return 0
-    if args.selector_epsilons is not None:
-        raise ValueError("--selector-epsilons is for --objective iso-quality")
     settings = SelectorSettings(budgets=(), k=args.selector_k, train_source=args.train_prompts,
                                 train_prompts=args.selector_train_prompts, cache_dir=args.cache_dir)
     train_selector(run, env_cfg, settings, args.frontier, frontier_settings(args, env_cfg), list(args.selector_budgets),

@@ -16,7 +16,7 @@ for a batch), so ``generate.py --agent`` and ``evaluate_agent.py`` use it like a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -208,8 +208,7 @@ class LosslessSelector:
         if not fitting:
             raise ValueError(f"tolerance {epsilon:g} is below the lossless selector's smallest trained epsilon "
                              f"{min(eps):g} (trained at {eps})")
-        return LosslessSelector(self.candidates, self.flops, self.weights, self.feature_mean, self.feature_std,
-                                self.levels, level=max(fitting, key=lambda i: eps[i]))
+        return replace(self, level=max(fitting, key=lambda i: eps[i]))
 
 
 def save_lossless(path: Path, sel: LosslessSelector, info: dict) -> None:

@@ -161,15 +161,19 @@ def refine_at_budgets(generator, quality: dict, mean_quality: Callable[[list[Sta
 
     fv = float(generator.flops_fraction(schedule_ratios(FastVARSchedule(), generator.num_scales)))
     widths = tuple(generator.scale_widths)
+
+    def mean_quality_array(schedules: list[StaticSchedule]) -> np.ndarray:
+        q = mean_quality(schedules)
+        return np.asarray([q[s] for s in schedules])
+
     out = []
     for token in settings.refine_budgets:
         b = read_budget(token).fraction(fv)
         if not any(flops.transformer(s) <= b + 1e-12 for s in quality):
             continue
-        res = search_best_static(list(quality), flops.transformer,
-                                 lambda ss: np.asarray([mean_quality(ss)[s] for s in ss]), b, first, guided,
+        res = search_best_static(list(quality), flops.transformer, mean_quality_array, b, first, guided,
                                  refine_rounds=settings.refine_rounds, transformer_fraction=flops.transformer,
-                                 known=dict(quality), allow_drop=settings.allow_drop)
+                                 known=quality, allow_drop=settings.allow_drop)
         out.append({"budget": b, "token": token, "pool_best": res.best_grid_schedule.describe(widths),
                     "pool_best_quality": res.best_grid_quality, "refined": res.schedule.describe(widths),
                     "refined_quality": res.quality, "evaluated": res.refinement_evaluations})

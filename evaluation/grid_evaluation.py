@@ -290,24 +290,28 @@ def generate_references(generator, items: list[tuple[str, int]], batch_size: int
                           for i in range(0, len(items), batch_size)])
 
 
-def items_quality(generator, reward_fn, items: list[tuple[str, int]], schedules: list, batch_size: int,
-                  cache_dir: Path | None, label: str) -> dict:
-    """{schedule: per-item QUALITY (float64 array, items' order)} of static ``schedules`` on ``items``, against
-    the items' unpruned references, through the ``GridCache`` in ``cache_dir`` (None: no cache)."""
+def quality_evaluator(generator, reward_fn, items: list[tuple[str, int]], batch_size: int,
+                      cache_dir: Path | None) -> GridEvaluator:
+    """A ``GridEvaluator`` of QUALITY on ``items`` against their unpruned references (generated here),
+    through the ``GridCache`` in ``cache_dir`` (None: no cache)."""
     refs = generate_references(generator, items, batch_size)
     scorer = QualityScorer(reward_fn, refs, [p for p, _ in items])
-    ev = GridEvaluator(generator, items, [scorer], batch_size=batch_size,
-                       cache=GridCache(cache_dir, generator.fingerprint(), items, scorer.identity()))
-    res = ev.evaluate(list(dict.fromkeys(schedules)), label=label)
+    return GridEvaluator(generator, items, [scorer], batch_size=batch_size,
+                         cache=GridCache(cache_dir, generator.fingerprint(), items, scorer.identity()))
+
+
+def items_quality(generator, reward_fn, items: list[tuple[str, int]], schedules: list, batch_size: int,
+                  cache_dir: Path | None, label: str) -> dict:
+    """{schedule: per-item QUALITY (float64 array, items' order)} of static ``schedules`` on ``items``
+    (``quality_evaluator``)."""
+    res = quality_evaluator(generator, reward_fn, items, batch_size, cache_dir).evaluate(list(dict.fromkeys(schedules)),
+                                                                                        label=label)
     return {s: np.asarray(res[s]["quality"], np.float64) for s in schedules}
 
 
 def validation_pass(generator, fits: list, val_items: list[tuple[str, int]], reward_fn, cache_dir: Path | None,
                      batch_size: int):
     """Every fitting grid schedule on the validation items: (GridEvaluator, {schedule: mean QUALITY})."""
-    refs_val = generate_references(generator, val_items, batch_size)
-    val_scorer = QualityScorer(reward_fn, refs_val, [p for p, _ in val_items])
-    val_eval = GridEvaluator(generator, val_items, [val_scorer], batch_size=batch_size,
-                             cache=GridCache(cache_dir, generator.fingerprint(), val_items, val_scorer.identity()))
+    val_eval = quality_evaluator(generator, reward_fn, val_items, batch_size, cache_dir)
     val_res = val_eval.evaluate(fits, label="static schedules on the validation items")
     return val_eval, {s: float(np.nanmean(val_res[s]["quality"])) for s in fits}

@@ -28,6 +28,7 @@ def lossless_test(run: Path, prompts: str, num_prompts: int, seeds: list[int], c
     from envs.observation import ObservationBuilder
     from evaluation.grid_evaluation import check_items, items_quality
     from evaluation.selector_fit import first_scale_features
+    from evaluation.selector_iso import quality_loss
     from evaluation.selector_run import run_models
     from rewards.stats import clustered_paired
 
@@ -40,7 +41,7 @@ def lossless_test(run: Path, prompts: str, num_prompts: int, seeds: list[int], c
     items = check_items(load_prompts(prompts)[:num_prompts], seeds, f"--prompts {prompts}", env.generator == "tiny")
     q = items_quality(generator, reward_fn, items, sel.candidates, batch_size, cache_dir,
                       "lossless candidates on the test items")
-    L = np.stack([np.maximum(-q[c], 0.0) for c in sel.candidates], axis=1)
+    L = np.stack([quality_loss(q[c]) for c in sel.candidates], axis=1)
     first = cfg["observation_layout"]["first_controllable_scale"]
     observer = ObservationBuilder(generator, first, env.prompt_embedding_dim, clip, budget_conditioned=False)
     X = first_scale_features(generator, observer, items, first, batch_size)

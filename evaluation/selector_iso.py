@@ -57,6 +57,12 @@ class LosslessSettings:
             raise ValueError(f"lossless epsilons list a value twice: {list(self.epsilons)}")
 
 
+def quality_loss(quality: np.ndarray) -> np.ndarray:
+    """The lossless objective's per-image loss L = -QUALITY, >= 0 (float rounding can leave -0.0 or a
+    few ulps below 0 for an image equal to its reference)."""
+    return np.maximum(-np.asarray(quality, np.float64), 0.0)
+
+
 def pareto_by_loss(flops: dict, loss: dict) -> list:
     """Schedules of the lower-left Pareto set of (transformer FLOPs, mean loss), sorted by FLOPs: each one
     strictly less lossy than every cheaper one."""
@@ -122,7 +128,7 @@ def fit_lossless(generator, reward_fn, observer, frontier, val_items: list, trai
     for name, items in (("train", train_items), ("val", val_items)):
         q = items_quality(generator, reward_fn, items, pool, settings.batch_size, settings.cache_dir,
                           f"lossless candidates on the {name} items")
-        loss[name] = {s: np.maximum(-q[s], 0.0) for s in pool}
+        loss[name] = {s: quality_loss(q[s]) for s in pool}
     f = {s: flops.transformer(s) for s in pool}
     cands = pareto_by_loss(f, {s: float(loss["train"][s].mean()) for s in pool})
     L = {n: np.stack([loss[n][s] for s in cands], axis=1) for n in ("train", "val")}

@@ -73,9 +73,10 @@ def _setting_json(settings) -> dict:
 
 def _prepare(run: Path, env_cfg, train_source: str, train_prompts: int, train_seeds, frontier_source: str,
              frontier_settings, log: Callable[[str], None], check: Callable = lambda generator: None):
-    """What both selectors start from: the models (``check(generator)`` then fails fast on bad settings), the frontier (for the lossless selector searched with the
-    budget objective's QUALITY, so that it is evaluate_agent.py's, from the same cache), the run directory
-    with its frontier.json, the observer, the training and validation items."""
+    """What both selectors start from: the models (``check(generator)`` then fails fast on bad settings),
+    the frontier (for the lossless selector searched with the budget objective's QUALITY, so that it is
+    evaluate_agent.py's, from the same cache), the run directory with its frontier.json, the observer, the
+    training and validation items."""
     from domain import load_prompts
     from envs.observation import ObservationBuilder
     from evaluation.frontier_build import val_items

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from domain import COLOURS, SHAPES, SIZES, TEXTURES, Scene, render
-from judge.checks import attribute_checks
+from judge.checks import attribute_checks, score_scene
 
 ERASURE_ATTRIBUTES = ("shape", "colour", "texture", "size")
 VALUES = {"shape": SHAPES, "colour": tuple(COLOURS), "texture": TEXTURES, "size": tuple(SIZES)}
@@ -81,8 +81,6 @@ def readable_accuracy(seen: list[Scene], scenes: list[tuple[Scene, int]], kept: 
                 hits[a]["readable" if r >= threshold else "unreadable"].append(bool(ok))
                 all_readable &= r >= threshold
         if all_readable:
-            from judge.checks import score_scene
-
             scene_ok.append(score_scene(s, want).scene_accuracy)
     per = {}
     for a, h in hits.items():
