@@ -277,6 +277,48 @@ def static_baselines(models: Models, first: int, targets: dict[str, float], val_
     return found, out
 
 
+def neighbourhood_oracles(models: Models, items: list[tuple[str, int]], refs_B3HW: torch.Tensor,
+                          static: StaticSearchSettings, settings: GenerationSettings, pool,
+                          log: Callable[[str], None]) -> dict[str, MethodRun]:
+    """Per agent row of a frontier-based run (``RUN/frontier.json``) with images: the neighbourhood oracles
+    (``evaluation.scoreboard.NEIGHBOURHOOD_KINDS``) over the run's frontier schedule for the row's budget and
+    its grid one-move neighbours that fit it (the run's levers), ranked by QUALITY on the test items through
+    the test pass's cache; the cross-validated one needs >= 2 seeds per prompt."""
+    from envs.frontier import Frontier
+    from evaluation.frontier_build import neighbourhood
+    from evaluation.oracles import cross_validated_oracle, per_image_oracle
+    from evaluation.scoreboard import _test_evaluator
+    from evaluation.static_search import FlopsTable, guided_scales
+
+    generator = models.generator
+    rows = [r for r in models.agents if r.na is None and r.budget is not None and (r.run.path / "frontier.json").is_file()]
+    if not rows:
+        return {}
+    test_eval = _test_evaluator(generator, items, refs_B3HW, models.reward_fn, models.domain, static.cache_dir,
+                                settings.batch_size)
+    flops, guided, widths = FlopsTable(generator), guided_scales(generator), tuple(generator.scale_widths)
+    several_seeds = min(sum(1 for q, _ in items if q == p) for p, _ in items) >= 2
+    out = {}
+    for row in rows:
+        base, near = neighbourhood(Frontier.load(row.run.path / "frontier.json"), row.budget, flops, guided,
+                                   allow_drop=bool(row.run.env.allow_drop_unconditional))
+        cands = [base] + near
+        quality = {s: r["quality"] for s, r in test_eval.evaluate(cands, label=f"{row.name}'s neighbourhood").items()}
+        choices = {"nb_oracle_image": per_image_oracle(quality, items, cands)}
+        if several_seeds:
+            choices["nb_oracle_cv"] = cross_validated_oracle(quality, items, cands)
+        for kind, choice in sorted(choices.items()):
+            name = kind + agent_suffix(row.name, len(models.agents))
+            images, recs = generate_method(generator, MethodSpec(per_item=tuple(choice[it] for it in items)), items,
+                                           settings, pool)
+            out[name] = MethodRun(name, "oracle", f"candidates: {row.name}'s frontier schedule "
+                                  f"{base.describe(widths)} and its {len(near)} one-move neighbours within the budget "
+                                  f"{row.budget:g} (by quality); {len(set(choice.values()))} of them used", images, recs,
+                                  oracle_kind=kind)
+        log(f"{row.name}: neighbourhood oracle over {len(cands)} candidates")
+    return out
+
+
 def generate_random(generator, agents: list[AgentRow], agent_runs: dict[str, MethodRun], items: list[tuple[str, int]],
                     settings: GenerationSettings, pool) -> dict[str, MethodRun]:
     """Per agent row, a random schedule per image with the agent's levers (its controllable scales, CFG-drop
@@ -370,6 +412,8 @@ def generate_all(plan: ComparePlan, models: Models, suite, pool, log: Callable[[
         static, static_runs = static_baselines(models, plan.first_controllable, static_targets(models.generator, models.agents, agent_runs),
                                                plan.items.search, items, refs, req.static, req.generation, pool, log)
         methods.update(static_runs)
+        if req.static.oracle:
+            methods.update(neighbourhood_oracles(models, items, refs, req.static, req.generation, pool, log))
     methods.update(generate_random(models.generator, models.agents, agent_runs, items, req.generation, pool))
     log("all methods generated")
     return methods, refs, static

@@ -59,14 +59,14 @@ def method_summaries(methods: dict, per_method: dict[str, list[dict]], distribut
     """Per method: kind, note, upper-bound flag (and, for an oracle, what it bounds), prompt-clustered
     metrics (Original's PSNR against itself is infinite), DomainEval per attribute (where the judge
     scored the images) and the distribution measures (where computed)."""
-    from evaluation.scoreboard import ORACLE_KINDS, summarize_rows
+    from evaluation.scoreboard import ALL_ORACLE_KINDS, summarize_rows
 
     out = {}
     for name, rows in per_method.items():
         m = methods[name]
         out[name] = {"kind": m.kind, "note": m.note, "upper_bound": m.kind == "oracle", "metrics": summarize_rows(rows)}
         if m.kind == "oracle" and m.oracle_kind is not None:
-            out[name].update(oracle_kind=m.oracle_kind, bounds=ORACLE_KINDS[m.oracle_kind][1])
+            out[name].update(oracle_kind=m.oracle_kind, bounds=ALL_ORACLE_KINDS[m.oracle_kind][1])
         if name == "original" and "psnr" in out[name]["metrics"]:
             out[name]["metrics"]["psnr"].update(mean=float("inf"), ci95=float("nan"))
         if "domain_attribute" in out[name]["metrics"]:
@@ -124,7 +124,8 @@ def budget_rows(agents: list[AgentRow]) -> list[dict]:
         out.append({"agent": row.name if row.na is None else f"n/a: {row.na}", "agent_row": row.name,
                     "run": str(row.run.path), "budget": row.budget,
                     "best_static": "best_static" + suffix, "oracle": "oracle" + suffix, "oracle_cv": "oracle_cv" + suffix,
-                    "oracle_image": "oracle_image" + suffix, "random": "random" + suffix})
+                    "oracle_image": "oracle_image" + suffix, "nb_oracle_cv": "nb_oracle_cv" + suffix,
+                    "nb_oracle_image": "nb_oracle_image" + suffix, "random": "random" + suffix})
     return out
 
 
@@ -161,7 +162,8 @@ def paired_comparisons(agents: list[AgentRow], per_method: dict[str, list[dict]]
     out = {}
     for row in agents:
         suffix = agent_suffix(row.name, num_rows)
-        for other in ("fastvar", "best_static" + suffix, "best_static@fastvar", "oracle_cv" + suffix, "oracle" + suffix):
+        for other in ("fastvar", "best_static" + suffix, "best_static@fastvar", "oracle_cv" + suffix, "oracle" + suffix,
+                      "nb_oracle_cv" + suffix, "nb_oracle_image" + suffix):
             if other in per_method:
                 out[f"{row.name} vs {other}"] = paired_rows(per_method[row.name], per_method[other], PAIRED_METRICS)
     for i, a in enumerate(agents):  # ablations: runs at the same budget, paired
@@ -185,10 +187,10 @@ def generation_note(settings: GenerationSettings) -> dict:
 
 def oracle_header(static) -> dict:
     """What each oracle is chosen on and bounds, and which were left out (with why)."""
-    from evaluation.scoreboard import ORACLE_KINDS
+    from evaluation.scoreboard import ALL_ORACLE_KINDS
 
-    return {"chosen_on": {k: how for k, (how, _) in ORACLE_KINDS.items()},
-            "bounds": {k: bound for k, (_, bound) in ORACLE_KINDS.items()},
+    return {"chosen_on": {k: how for k, (how, _) in ALL_ORACLE_KINDS.items()},
+            "bounds": {k: bound for k, (_, bound) in ALL_ORACLE_KINDS.items()},
             "gap_reference": "oracle_cv (the in-sample figure is shown beside it, labelled)",
             "left_out": {} if static is None else static.info.get("oracles_left_out", {})}
 

@@ -168,7 +168,8 @@ def budget_table(summary: dict) -> str:
     gaps = []
     for e in entries:
         b = "-" if e["budget"] is None else f"{e['budget']:.3f}"
-        names = [e["agent"], e["best_static"], e.get("oracle_cv"), e["oracle"], e.get("oracle_image"), e["random"]]
+        names = [e["agent"], e["best_static"], e.get("oracle_cv"), e["oracle"], e.get("oracle_image"),
+                 e.get("nb_oracle_cv"), e.get("nb_oracle_image"), e["random"]]
         if e["budget"] is not None and "fastvar" in methods:
             fv = methods["fastvar"]["metrics"].get("flops_fraction", {}).get("mean")
             if fv is not None and abs(fv - e["budget"]) < 1e-3:
@@ -199,7 +200,10 @@ def budget_table(summary: dict) -> str:
     lines.append("")
     bounds = summary.get("oracles", {}).get("bounds", {})
     lines.append("oracle_cv: " + bounds.get("oracle_cv", "") + "; oracle (in-sample) and oracle_image count seed noise "
-                 "that no method can reach.")
+                 "that no method can reach." + ("" if not any(e.get("nb_oracle_cv") in methods for e in entries) else
+                                                " nb_oracle_cv / nb_oracle_image: the neighbourhood oracle (the run's "
+                                                "frontier schedule and its one-move neighbours), the ceiling of a "
+                                                "residual policy, per prompt (cross-validated) and per image."))
     lines.append("Paired agent − best static (prompt-clustered mean ± 95% CI) and the share of the best-static → "
                  "oracle gap the agent captures, against oracle_cv first and, labelled, the in-sample oracle "
                  "(negative: below the best static schedule; n/a: the oracle is not above it):")

@@ -197,6 +197,18 @@ ORACLE_KINDS = {
     "oracle_image": ("per test image, the candidate best on that image itself",
                      "UPPER BOUND on choosing per image among these candidates; includes seed noise"),
 }
+#: the oracles over a frontier-based run's neighbourhood (``evaluation.frontier_build.neighbourhood``: the
+#: run's frontier schedule for the budget and its grid one-move neighbours that fit it), the go / no-go of #25
+NEIGHBOURHOOD_KINDS = {
+    "nb_oracle_cv": ("for the image of prompt p at seed k, the neighbourhood candidate best on prompt p's other seeds, "
+                     "scored on seed k (leave one seed out, rotating)",
+                     "CEILING of a residual policy choosing one move away from the frontier per prompt"),
+    "nb_oracle_image": ("per test image, the neighbourhood candidate best on that image itself",
+                        "CEILING of a residual policy choosing one move away from the frontier per image, with perfect "
+                        "knowledge of the image; includes seed noise"),
+}
+#: every oracle kind a scoreboard row may have: (what it is chosen on, what it bounds)
+ALL_ORACLE_KINDS = {**ORACLE_KINDS, **NEIGHBOURHOOD_KINDS}
 #: above this many grid schedules within the largest target the static search uses the frontier pool
 EXHAUSTIVE_LIMIT = 600
 ONE_SEED_NOTE = "left out: the cross-validated oracle needs >= 2 seeds per prompt (run with --seeds 0 1 ...)"

@@ -37,13 +37,21 @@ class JudgeConfig:
     widths: tuple[int, ...] = (48, 48, 64, 96)
     hidden: int = 256
     image_size: int = 64
+    #: extra 3x3 conv layers on the 16x16 map (width ``widths[1]``, residual), each widening the fine
+    #: view's receptive field by 8 px: the judge that reads tokenizer reconstructions needs a small
+    #: object's whole outline (12 px) at 4 px detail, not only its centre
+    fine_depth: int = 0
 
     def to_dict(self) -> dict:
-        return {"widths": list(self.widths), "hidden": self.hidden, "image_size": self.image_size}
+        d = {"widths": list(self.widths), "hidden": self.hidden, "image_size": self.image_size}
+        if self.fine_depth:  # omitted at 0, so files written before the field existed read back the same
+            d["fine_depth"] = self.fine_depth
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "JudgeConfig":
-        return cls(widths=tuple(d["widths"]), hidden=int(d["hidden"]), image_size=int(d["image_size"]))
+        return cls(widths=tuple(d["widths"]), hidden=int(d["hidden"]), image_size=int(d["image_size"]),
+                   fine_depth=int(d.get("fine_depth", 0)))
 
 
 _KERNELS_STRIDES = ((1, 1), (3, 1), (3, 2), (3, 1))
@@ -66,6 +74,11 @@ def _cell_sample_grid(image_size: int, spacing_px: float, points: int, centre_sh
     return torch.stack(pts)[None]
 
 
+def _residual_block(c: int) -> nn.Sequential:
+    """3x3 conv + BN, added to its input by the caller (a ResNet block's identity path)."""
+    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+
 class JudgeNet(nn.Module):
     """Images (B, 3, H, W) in [0, 1] -> logits per grid cell and for the background.
 
@@ -81,6 +94,8 @@ class JudgeNet(nn.Module):
         super().__init__()
         if len(cfg.widths) != len(_KERNELS_STRIDES) or min(cfg.widths) < 1:
             raise ValueError(f"JudgeConfig.widths needs {len(_KERNELS_STRIDES)} positive entries, got {cfg.widths}")
+        if cfg.fine_depth < 0:
+            raise ValueError(f"JudgeConfig.fine_depth must be >= 0, got {cfg.fine_depth}")
         if cfg.image_size % (2 * _PATCH):
             raise ValueError(f"JudgeConfig.image_size must be a multiple of {2 * _PATCH}, got {cfg.image_size}")
         self.cfg = cfg
@@ -90,6 +105,7 @@ class JudgeNet(nn.Module):
             layers += [nn.Conv2d(c_in, c, k, stride=s, padding=k // 2, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             c_in = c
         self.fine = nn.Sequential(*layers[:7])     # unshuffle, 1x1, 3x3: the 16x16 map
+        self.fine_blocks = nn.ModuleList(_residual_block(cfg.widths[1]) for _ in range(cfg.fine_depth))
         self.coarse = nn.Sequential(*layers[7:])   # 3x3 stride 2, 3x3: the 8x8 map
         self.register_buffer("coarse_grid", _cell_sample_grid(cfg.image_size, 2 * _PATCH, 3, _PATCH / 2), persistent=False)
         self.register_buffer("fine_grid", _cell_sample_grid(cfg.image_size, _PATCH, 5, 0.0), persistent=False)
@@ -110,6 +126,8 @@ class JudgeNet(nn.Module):
 
     def forward(self, x_B3HW: torch.Tensor) -> dict[str, torch.Tensor]:
         fine_BChw = self.fine(x_B3HW - 0.5)
+        for block in self.fine_blocks:
+            fine_BChw = F.relu(fine_BChw + block(fine_BChw))
         coarse_BChw = self.coarse(fine_BChw)
         cells_BNX = torch.cat([self._sample(coarse_BChw, self.coarse_grid), self._sample(fine_BChw, self.fine_grid)], -1)
         h_BNH = self.cell_mlp(self.cell_in(cells_BNX) + self.cell_embedding)

@@ -160,6 +160,8 @@ def _parse_args(argv: list[str] | None):
     ap.add_argument("--widths", default=",".join(map(str, JudgeConfig().widths)),
                     help="channels of the four conv layers, comma-separated")
     ap.add_argument("--hidden", type=int, default=JudgeConfig().hidden, help="width of the per-cell and background MLPs")
+    ap.add_argument("--fine-depth", type=int, default=JudgeConfig().fine_depth,
+                    help="extra residual 3x3 conv layers on the 16x16 map (JudgeConfig.fine_depth)")
     ap.add_argument("--extra-pool", type=Path, action="append", default=[],
                     help="more pre-rendered pools appended to --pool (repeatable)")
     ap.add_argument("--recon-pool", type=Path, action="append", default=[],
@@ -174,10 +176,11 @@ def _parse_args(argv: list[str] | None):
     ap.add_argument("--eval-n", type=int, default=1000, help="validation renders for the final accuracy")
     args = ap.parse_args(argv)
     try:
-        args.cfg = JudgeConfig(widths=tuple(int(w) for w in args.widths.split(",")), hidden=args.hidden)
+        args.cfg = JudgeConfig(widths=tuple(int(w) for w in args.widths.split(",")), hidden=args.hidden,
+                               fine_depth=args.fine_depth)
         JudgeNet(args.cfg)
     except ValueError as e:
-        ap.error(f"--widths {args.widths!r}: {e}")
+        ap.error(f"--widths {args.widths!r} --fine-depth {args.fine_depth}: {e}")
     for name in ("degrade", "recon_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             ap.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")

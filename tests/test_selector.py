@@ -159,3 +159,36 @@ def test_train_selector_run_loads_and_generates(tmp_path, setup):
 
     with pytest.raises(RunError, match="below the selector's smallest trained budget|outside"):
         load_agent_schedule(run, g, budget=0.1)
+    _check_neighbourhood_oracle_rows(run, g, fv, tmp_path)
+
+
+def _check_neighbourhood_oracle_rows(run, g, fv: float, tmp_path) -> None:
+    """evaluate_agent.py on a frontier-based run adds the neighbourhood oracles (the go / no-go of a residual
+    policy): every image of theirs is the run's frontier schedule or one of its one-move neighbours, within
+    the budget."""
+    import csv
+    import json
+
+    import evaluate_agent
+    from envs.frontier import Frontier
+    from evaluation.frontier_build import neighbourhood
+    from evaluation.static_search import FlopsTable, guided_scales
+
+    out = tmp_path / "ev"
+    assert evaluate_agent.main(["--run", str(run), "--budgets", "fastvar", "--num-prompts", "2", "--seeds", "0", "1",
+                                "--search-num-prompts", "2", "--grid-ratios", "0.5", "--refine-rounds", "0",
+                                "--latency-images", "0", "--grid-prompts", "1", "--iso-quality", "off", "--oracle-candidates", "4",
+                                "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    nb = {k: m for k, m in summary["methods"].items() if k.startswith("nb_oracle")}
+    assert set(nb) == {"nb_oracle_cv", "nb_oracle_image"}
+    assert all(m["kind"] == "oracle" and m["upper_bound"] and "residual policy" in m["bounds"] for m in nb.values())
+    assert summary["budgets"][0]["nb_oracle_cv"] == "nb_oracle_cv" and "nb_oracle_cv" in (out / "table.md").read_text()
+    widths = tuple(g.scale_widths)
+    base, near = neighbourhood(Frontier.load(run / "frontier.json"), fv, FlopsTable(g), guided_scales(g))
+    allowed = {" ".join(f"{r:g}" + ("d" if d else "") for r, d in zip(s.ratios, s.drop_uncond)) for s in [base] + near}
+    with open(out / "per_image.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["method"].startswith("nb_oracle")]
+    assert len(rows) == 2 * 4 and all(r["ratios"] in allowed for r in rows), (allowed, [r["ratios"] for r in rows])
+    assert all(float(r["flops_fraction"]) <= fv + 1e-9 for r in rows) and len(near) > 0
+    assert base.describe(widths) in nb["nb_oracle_cv"]["note"]
