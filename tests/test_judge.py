@@ -202,21 +202,26 @@ def test_per_image_clip_hits_average_to_clip_retrieval_r1():
     assert hits.mean() == clip_retrieval_r1(model, tok, imgs, caps)
 
 
-def test_train_judge_writes_loadable_weights_and_resumes(tmp_path):
+def test_train_judge_writes_loadable_weights_and_resumes(tmp_path, capsys):
     from scripts import train_judge
 
     torch.set_num_threads(2)
     out, ckpt = tmp_path / "j.safetensors", tmp_path / "ckpt"
     common = ["--device", "cpu", "--workers", "0", "--batch-size", "8", "--out", str(out), "--ckpt-dir", str(ckpt),
-              "--ckpt-every", "1", "--eval-every", "0", "--eval-n", "16", "--widths", "8,8,8,8", "--hidden", "16"]
+              "--ckpt-every", "1", "--eval-every", "0", "--eval-n", "16", "--fine-depth", "1", "--widths", "8,8,8,8",
+              "--hidden", "16"]
     train_judge.main(common + ["--steps", "2"])
     assert read_metadata(out)["steps"] == 2 and torch.load(ckpt / "last.pt", weights_only=True)["step"] == 2
     j = DomainJudge.load(out)
+    assert j.net.cfg.fine_depth == 1 and len(j.net.fine_blocks) == 1  # the config travels in the file's header
     assert len(j.predict(render_prompt(PROMPTS[0], 0)[None])) == 1
     train_judge.main(common + ["--steps", "3", "--resume"])
     assert read_metadata(out)["steps"] == 3  # continued from step 2, not restarted
     with pytest.raises(SystemExit, match="widths"):  # another shape cannot silently resume this checkpoint
         train_judge.main([*common[:-4], "--widths", "8,8,8,16", "--hidden", "16", "--steps", "4", "--resume"])
+    with pytest.raises(SystemExit):
+        train_judge.main(common + ["--fine-depth", "-1", "--steps", "1"])
+    assert "--fine-depth -1" in capsys.readouterr().err
 
 
 def test_cli_end_to_end_on_two_prompts(judge, tmp_path, capsys):
