@@ -157,7 +157,9 @@ def write_failure_grid(path: Path, renders: np.ndarray, recons: np.ndarray, capt
         for k, im in enumerate((renders[r], recons[r])):
             sheet.paste(Image.fromarray(im).resize((size, size), Image.NEAREST), (3 + k * (size + 3), y))
         lines = [("black", t) for t in textwrap.wrap("prompt: " + captions[r], 84)]
-        lines += [("darkred", t) for t in textwrap.wrap("judge read the reconstruction as: " + caption(seen[r]), 84)]
+        reading = (caption(seen[r]) if seen[r].objects else  # the grammar has no caption for an empty scene
+                   f"no object on a {seen[r].background} {seen[r].background_colour} background")
+        lines += [("darkred", t) for t in textwrap.wrap("judge read the reconstruction as: " + reading, 84)]
         for k, (colour, text) in enumerate(lines[:size // 12]):
             draw.text((2 * size + 12, y + 2 + 12 * k), text, fill=colour)
     if n == 0:

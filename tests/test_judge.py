@@ -160,25 +160,27 @@ def held_out(judge) -> dict:
 
 
 def test_judge_reads_held_out_renders_at_target(held_out):
-    """Targets: attribute >= 0.98, scene >= 0.90. Scene accuracy sits right at 0.90 (0.897 on 1,000
-    validation renders; `python -m judge` measures it on 2,000), so on these 300 renders (binomial
-    standard error ~0.018) the check allows two standard errors below the target."""
+    """Targets: attribute >= 0.98, scene >= 0.90. Judge v3 reads 0.992 / 0.933 on `python -m judge`'s 2,000
+    renders and 0.992 / 0.913 on these 300 (binomial standard error of the scene ~0.016): the check holds
+    the target itself."""
     r = held_out["renders"]
-    assert r["attribute_accuracy"] >= 0.98 and r["scene_accuracy"] >= 0.86
+    assert r["attribute_accuracy"] >= 0.98 and r["scene_accuracy"] >= 0.90
     assert min(r["per_attribute"].values()) >= 0.96
 
 
 def test_judge_reads_tokenizer_reconstructions_it_never_saw(held_out):
     """Judge v1 read 98.9 % of noisy-background reconstructions as plain (background kind 0.705 on 400
-    held-out reconstructions) and scored attribute 0.890 / scene 0.435 on them. The issue's targets
-    (attribute 0.97, every attribute 0.95, scene 0.85) are not met, and the erasure measure (below) says
-    the misses are mostly the judge's, not the tokenizer's; these are the thresholds v2 holds, well
-    above v1."""
+    held-out reconstructions) and scored attribute 0.890 / scene 0.435 on them; v2 0.951 / 0.680; v3
+    0.964 / 0.755 (0.968 / 0.743 on these 300). The issue's targets (attribute 0.97, every attribute 0.95,
+    scene 0.85) are met for position, colour, size and background only; these are the thresholds v3
+    holds with a margin of about two standard errors, above v2's figures where v3 improved on them."""
     rec = held_out["reconstructions"]
     assert rec["per_attribute"]["background_kind"] >= 0.98 and rec["per_attribute"]["background_colour"] >= 0.99
-    assert rec["attribute_accuracy"] >= 0.95 and rec["scene_accuracy"] >= 0.62
-    assert min(rec["per_attribute"].values()) >= 0.86
-    assert rec["by_object_size"]["medium"] >= 0.94 and rec["by_object_size"]["large"] >= 0.95
+    assert rec["attribute_accuracy"] >= 0.955 and rec["scene_accuracy"] >= 0.69
+    for attribute in ("position", "colour", "size"):  # at the issue's 0.95 on 400 and on 300 images
+        assert rec["per_attribute"][attribute] >= 0.95, attribute
+    assert min(rec["per_attribute"].values()) >= 0.88
+    assert rec["by_object_size"]["medium"] >= 0.96 and rec["by_object_size"]["large"] >= 0.96
     # dropping the last scale must cost the judge's reading a lot: the judge is not trained to guess from priors
     assert held_out["reconstructions_last_scale_dropped"]["attribute_accuracy"] <= rec["attribute_accuracy"] - 0.1
 
@@ -309,6 +311,19 @@ def test_detailed_accuracy_splits_the_background_and_groups_objects_by_size():
     assert d["scene_accuracy"] == 1 / 3 and d["n_images"] == 3
     with pytest.raises(ValueError, match="2 scenes but 1 captions"):
         detailed_accuracy([want, want], [PROMPTS[1]])
+
+
+def test_failure_grid_shows_a_reading_of_no_object(tmp_path):
+    """A judge that finds no object at all in a misread image still gets its row in the grid (the grammar has
+    no caption for an empty scene)."""
+    from PIL import Image
+
+    from judge.accuracy import write_failure_grid
+
+    img = render_prompt(PROMPTS[0], seed=0)[None]
+    empty = Scene((), "plain", "gray")
+    write_failure_grid(tmp_path / "f.png", img, img, [PROMPTS[0]], [empty])
+    assert Image.open(tmp_path / "f.png").size[1] > 64  # one row drawn
 
 
 def test_erasure_measures_what_a_reconstruction_holds_without_the_judge():
