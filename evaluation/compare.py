@@ -298,7 +298,7 @@ def neighbourhood_oracles(models: Models, items: list[tuple[str, int]], refs_B3H
                                 settings.batch_size)
     flops, guided, widths = FlopsTable(generator), guided_scales(generator), tuple(generator.scale_widths)
     several_seeds = min(sum(1 for q, _ in items if q == p) for p, _ in items) >= 2
-    out = {}
+    out, made = {}, {}  # made: per-item schedules -> (images, records), for runs that share a frontier
     for row in rows:
         base, near = neighbourhood(Frontier.load(row.run.path / "frontier.json"), row.budget, flops, guided,
                                    allow_drop=bool(row.run.env.allow_drop_unconditional))
@@ -309,8 +309,10 @@ def neighbourhood_oracles(models: Models, items: list[tuple[str, int]], refs_B3H
             choices["nb_oracle_cv"] = cross_validated_oracle(quality, items, cands)
         for kind, choice in sorted(choices.items()):
             name = kind + agent_suffix(row.name, len(models.agents))
-            images, recs = generate_method(generator, MethodSpec(per_item=tuple(choice[it] for it in items)), items,
-                                           settings, pool)
+            per_item = tuple(choice[it] for it in items)
+            if per_item not in made:
+                made[per_item] = generate_method(generator, MethodSpec(per_item=per_item), items, settings, pool)
+            images, recs = made[per_item]
             out[name] = MethodRun(name, "oracle", f"candidates: {row.name}'s frontier schedule "
                                   f"{base.describe(widths)} and its {len(near)} one-move neighbours within the budget "
                                   f"{row.budget:g} (by quality); {len(set(choice.values()))} of them used", images, recs,
