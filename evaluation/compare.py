@@ -286,8 +286,7 @@ def neighbourhood_oracles(models: Models, items: list[tuple[str, int]], refs_B3H
     the test pass's cache; the cross-validated one needs >= 2 seeds per prompt."""
     from envs.frontier import Frontier
     from evaluation.frontier_build import neighbourhood
-    from evaluation.oracles import cross_validated_oracle, per_image_oracle
-    from evaluation.scoreboard import _test_evaluator
+    from evaluation.scoreboard import _test_evaluator, oracle_choices
     from evaluation.static_search import FlopsTable, guided_scales
 
     generator = models.generator
@@ -297,17 +296,14 @@ def neighbourhood_oracles(models: Models, items: list[tuple[str, int]], refs_B3H
     test_eval = _test_evaluator(generator, items, refs_B3HW, models.reward_fn, models.domain, static.cache_dir,
                                 settings.batch_size)
     flops, guided, widths = FlopsTable(generator), guided_scales(generator), tuple(generator.scale_widths)
-    several_seeds = min(sum(1 for q, _ in items if q == p) for p, _ in items) >= 2
     out, made = {}, {}  # made: per-item schedules -> (images, records), for runs that share a frontier
     for row in rows:
         base, near = neighbourhood(Frontier.load(row.run.path / "frontier.json"), row.budget, flops, guided,
                                    allow_drop=bool(row.run.env.allow_drop_unconditional))
         cands = [base] + near
         quality = {s: r["quality"] for s, r in test_eval.evaluate(cands, label=f"{row.name}'s neighbourhood").items()}
-        choices = {"nb_oracle_image": per_image_oracle(quality, items, cands)}
-        if several_seeds:
-            choices["nb_oracle_cv"] = cross_validated_oracle(quality, items, cands)
-        for kind, choice in sorted(choices.items()):
+        chosen, _ = oracle_choices(quality, items, cands, kinds=("oracle_cv", "oracle_image"))  # cv: >= 2 seeds
+        for kind, choice in sorted(("nb_" + k, c) for k, c in chosen.items()):
             name = kind + agent_suffix(row.name, len(models.agents))
             per_item = tuple(choice[it] for it in items)
             if per_item not in made:

@@ -199,11 +199,12 @@ def budget_table(summary: dict) -> str:
         gaps.append(f"- {e['agent']} − {e['best_static']} (budget {b}): " + "; ".join(parts))
     lines.append("")
     bounds = summary.get("oracles", {}).get("bounds", {})
+    has_neighbourhood = any(e.get(k) in methods for e in entries for k in ("nb_oracle_cv", "nb_oracle_image"))
     lines.append("oracle_cv: " + bounds.get("oracle_cv", "") + "; oracle (in-sample) and oracle_image count seed noise "
-                 "that no method can reach." + ("" if not any(e.get("nb_oracle_cv") in methods for e in entries) else
-                                                " nb_oracle_cv / nb_oracle_image: the neighbourhood oracle (the run's "
+                 "that no method can reach." + (" nb_oracle_cv / nb_oracle_image: the neighbourhood oracle (the run's "
                                                 "frontier schedule and its one-move neighbours), the ceiling of a "
-                                                "residual policy, per prompt (cross-validated) and per image."))
+                                                "residual policy, per prompt (cross-validated) and per image."
+                                                if has_neighbourhood else ""))
     lines.append("Paired agent − best static (prompt-clustered mean ± 95% CI) and the share of the best-static → "
                  "oracle gap the agent captures, against oracle_cv first and, labelled, the in-sample oracle "
                  "(negative: below the best static schedule; n/a: the oracle is not above it):")

@@ -214,15 +214,16 @@ EXHAUSTIVE_LIMIT = 600
 ONE_SEED_NOTE = "left out: the cross-validated oracle needs >= 2 seeds per prompt (run with --seeds 0 1 ...)"
 
 
-def oracle_choices(quality: dict, items: list[tuple[str, int]], candidates: list) -> tuple[dict, dict]:
-    """Each oracle of ``ORACLE_KINDS`` over ``candidates`` ranked by ``quality[schedule]`` (per test item):
-    ({kind: {item: schedule}}, {kind: why it is left out}). With one seed per prompt the cross-validated
-    oracle is left out (not an error)."""
+def oracle_choices(quality: dict, items: list[tuple[str, int]], candidates: list,
+                   kinds: tuple[str, ...] = tuple(ORACLE_KINDS)) -> tuple[dict, dict]:
+    """Each oracle of ``kinds`` (keys of ``ORACLE_KINDS``) over ``candidates`` ranked by ``quality[schedule]``
+    (per test item): ({kind: {item: schedule}}, {kind: why it is left out}). With one seed per prompt the
+    cross-validated oracle is left out (not an error)."""
     from evaluation.oracles import ORACLES
 
     seeds_per_prompt = min(sum(1 for q, _ in items if q == p) for p, _ in items)
     chosen, left_out = {}, {}
-    for kind in ORACLE_KINDS:
+    for kind in kinds:
         if kind == "oracle_cv" and seeds_per_prompt < 2:
             left_out[kind] = ONE_SEED_NOTE
             continue
