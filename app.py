@@ -2,7 +2,7 @@
 
     pip install -e ".[app]"
     python app.py                                   # http://127.0.0.1:7860: the embedded default, CPU, offline
-    python app.py --run runs/ppo_s0 --port 7861     # with a trained agent's run directory filled in
+    python app.py --run runs/selector_s0 --port 7861    # with a trained agent's run directory filled in
     python app.py --generator infinity --infinity-options opts.json \\
         --clip-model ViT-L-14 --clip-pretrained /path/to/ViT-L-14.pt
 

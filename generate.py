@@ -3,7 +3,7 @@
     python generate.py --prompt "a large red solid circle in the centre on a plain gray background"
     python generate.py --prompts prompts.tsv --schedule fastvar --out results
     python generate.py --prompts test --schedule "5:0.5,6:1,8:1" --save-intermediate --dft
-    python generate.py --prompts test --agent runs/ppo_s0
+    python generate.py --prompts test --agent runs/selector_s0   # the default train.py run, at FastVAR's FLOPs
     python generate.py --prompts geneval:GENEVAL/prompts/evaluation_metadata.jsonl --images-per-prompt 4 --out geneval_fastvar --schedule fastvar
 
 Prompts: ``--prompt TEXT`` (repeatable; named by ``--name`` or a slug of the text), or ``--prompts``

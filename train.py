@@ -1,15 +1,22 @@
 """Train an RL agent that chooses per-scale token-pruning ratios (Stable-Baselines3 on VarPrune-v0).
 
-    python train.py                               # PPO on the embedded default, ~15 min on 2 CPU cores
+    python train.py                               # the selector on the embedded default, ~15 min cold on 2 CPU cores
+    python train.py --algo ppo                    # the Gaussian PPO agent (budget-conditioned), ~40 min
     python train.py --algo dqn --flops-weight 2   # discrete ratio grid, FLOPs weighted higher
-    python train.py --resume runs/ppo_s0          # continue an interrupted run
+    python train.py --resume runs/ppo_s0          # continue an interrupted RL run
     python train.py --algo ppo-residual --frontier frontier.json   # moves relative to the static frontier
-    python train.py --algo selector --objective iso-quality       # lossless mode: fewest FLOPs within epsilon
+    python train.py --objective iso-quality       # lossless mode: fewest FLOPs within epsilon
 
-Leaves runs/<name>/ with final_model.zip, best_model.zip (best mean reward on validation
+``--algo auto`` (the default) is the selector on the embedded model: it starts from the static frontier
+(the best static schedule per budget, searched first and cached) and leaves it for an image only where
+validation says it surely gains, so it is never below the best static schedule on validation. On
+``--generator infinity`` (no affordable frontier search) and with ``--resume`` it is ``ppo``.
+
+An RL run leaves runs/<name>/ with final_model.zip, best_model.zip (best mean reward on validation
 prompts), *_obs_stats.json (observation normalisation), config.json (everything resolved),
 eval_curve.csv, baselines.json (FastVAR and original schedules on the same validation episodes),
-summary.json, tb/ (TensorBoard) and checkpoints/.
+summary.json, tb/ (TensorBoard) and checkpoints/; a selector run its frontier.json, selector.safetensors,
+config.json and summary.json (``evaluation.selector_run``).
 """
 
 from __future__ import annotations
@@ -45,8 +52,9 @@ def _add_run_args(ap: argparse.ArgumentParser) -> None:
     """The algorithm, its length, its vector env and where the run goes."""
     from agents.algos import ALGOS
 
-    ap.add_argument("--algo", default="ppo", choices=ALGOS + ("selector",),
-                    help="ppo (= ppo-gaussian: ratios from a Gaussian policy, budget guard), ppo-residual (moves relative "
+    ap.add_argument("--algo", default="auto", choices=("auto",) + ALGOS + ("selector",),
+                    help="auto (default): selector on --generator tiny, ppo on infinity and with --resume; "
+                         "ppo (= ppo-gaussian: ratios from a Gaussian policy, budget guard), ppo-residual (moves relative "
                          "to the static frontier, action masks, paired reward), selector (one of the frontier's best "
                          "schedules per image, chosen from its early scales), or another SB3 algorithm")
     ap.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
@@ -163,10 +171,39 @@ def _add_output_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--log-interval", type=int, default=1000, help="environment steps between progress lines")
 
 
+# Flags only the RL learners read (their training loop, vector env, budget range and reward); the selector
+# would silently ignore them, so they are refused with it instead.
+RL_ONLY_FLAGS = ("hp", "total_timesteps", "n_envs", "vec_env", "workers", "reference_cache", "precompute_references",
+                 "eval_episodes", "eval_freq", "checkpoint_freq", "fixed_budget", "budget_range", "reward_mode",
+                 "flops_budget", "budget_penalty")
+
+
+def resolve_algo(args) -> None:
+    """``--algo auto``: the selector on the embedded model (its frontier search is affordable there); ``ppo`` on
+    Infinity (``--frontier none`` territory) and when resuming (only RL runs resume; the run's own algorithm
+    is used)."""
+    if args.algo == "auto":
+        args.algo = "selector" if args.generator == "tiny" and args.resume is None else "ppo"
+
+
+def check_selector_flags(args) -> None:
+    """Refuse, with the flags named, what ``--algo selector`` would ignore."""
+    if args.algo != "selector":
+        return
+    parser = build_parser()
+    given = ["--" + d.replace("_", "-") for d in RL_ONLY_FLAGS if getattr(args, d) != parser.get_default(d)]
+    if given:
+        raise ValueError(f"{' '.join(given)} {'is' if len(given) == 1 else 'are'} for the RL learners; the selector "
+                         "(--algo selector, the default on the embedded model) does not use "
+                         f"{'it' if len(given) == 1 else 'them'}: add --algo ppo (or another RL --algo), or drop them")
+
+
 def check_args(args) -> None:
-    """Counts that must be positive (ValueError naming the flag, its value and what is allowed)."""
+    """Counts that must be positive (ValueError naming the flag, its value and what is allowed); resolves
+    ``--algo auto``."""
     from generator.checks import check_positive
 
+    resolve_algo(args)
     if args.total_timesteps is not None:
         check_positive("--total-timesteps", args.total_timesteps)
     for flag in ("n_envs", "eval_freq", "checkpoint_freq", "log_interval"):
@@ -207,6 +244,7 @@ def check_args(args) -> None:
         raise ValueError("--algo selector has nothing to resume: it fits in minutes and reuses the grid cache")
     if args.algo in RESIDUAL_ALGOS and args.workers is not None:
         raise ValueError(f"--algo {args.algo} does not run in Ray workers yet: drop --workers")
+    check_selector_flags(args)
 
 
 def resolve_env_config(args) -> "EnvConfig":  # noqa: F821

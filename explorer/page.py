@@ -78,7 +78,7 @@ def page_view(explorer: Explorer, prompt: str, seed, named: list[str], widths_te
 def agent_form_state(run_dir: str) -> tuple[str, tuple[float, float] | None]:
     """(what the page says about the run directory typed so far, its budget range or None)."""
     if not run_dir or not run_dir.strip():
-        return "no trained agent (type a run directory, e.g. runs/ppo_s0)", None
+        return "no trained agent (type a run directory, e.g. runs/selector_s0)", None
     try:
         info = Explorer.agent_info(run_dir)
     except expected_errors() as e:

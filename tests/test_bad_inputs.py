@@ -20,7 +20,7 @@ from agents.progress import format_duration, progress_line
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a large red solid circle in the centre on a plain gray background"
 SHORT = ["--total-timesteps", "128", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
-         "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--log-interval", "32", "--fixed-budget"]
+         "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--log-interval", "32", "--fixed-budget", "--algo", "ppo"]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,31 @@ def test_train_refuses_bad_counts_before_making_a_run_folder(tmp_path, capsys, a
     assert message in capsys.readouterr().err
     assert not out.exists()
 
+
+def test_default_algo_is_the_selector_on_the_embedded_model_and_ppo_elsewhere(tmp_path):
+    """--algo auto: the selector (frontier-based) on --generator tiny; ppo on infinity and when resuming."""
+    opts = tmp_path / "opts.json"
+    opts.write_text(json.dumps({"src": "/nowhere"}))
+    ap = train.build_parser()
+    for argv, want in (([], "selector"), (["--objective", "iso-quality"], "selector"), (["--algo", "ppo"], "ppo"),
+                       (["--generator", "infinity", "--infinity-options", str(opts)], "ppo"),
+                       (["--resume", str(tmp_path)], "ppo"), (["--algo", "ppo-residual"], "ppo-residual")):
+        args = ap.parse_args(argv)
+        train.check_args(args)
+        assert args.algo == want, argv
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--total-timesteps", "64"], "--total-timesteps is"),
+    (["--algo", "selector", "--hp", "n_steps=32", "--fixed-budget"], "--hp --fixed-budget are"),
+    (["--budget-range", "0.2", "0.5"], "--budget-range is"),
+])
+def test_flags_the_selector_would_ignore_are_refused(tmp_path, capsys, argv, named):
+    out = tmp_path / "runs"
+    assert train.main(argv + ["--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "add --algo ppo" in err
+    assert not out.exists()
 
 def test_cfg_is_recorded_as_the_generator_uses_it(tmp_path):
     """tiny: --cfg or 3; infinity: the options file's cfg unless --cfg overrides it (and then it is in the

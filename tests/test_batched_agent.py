@@ -17,7 +17,8 @@ from domain import load_prompts
 from embedded.loaders import load_embedded_generator
 
 TINY = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
-        "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--fixed-budget"]
+        "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--fixed-budget",
+        "--algo", "ppo"]
 
 
 @pytest.fixture(scope="module")

@@ -133,7 +133,7 @@ def test_one_slot_batched_training_reproduces_the_dummy_vec_env_run(tmp_path):
     batch 1), so the whole learning curve is identical; and the run records how it was made."""
     args = ["--total-timesteps", "64", "--eval-freq", "32", "--checkpoint-freq", "64", "--eval-episodes", "2",
             "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--n-envs", "1",
-            "--out", str(tmp_path), "--seed", "2"]
+            "--out", str(tmp_path), "--seed", "2", "--algo", "ppo"]
     assert train.main(args + ["--name", "batched", "--vec-env", "batched"]) == 0
     assert train.main(args + ["--name", "dummy", "--vec-env", "dummy"]) == 0
     assert _curve(tmp_path / "batched") == _curve(tmp_path / "dummy")
@@ -142,7 +142,7 @@ def test_one_slot_batched_training_reproduces_the_dummy_vec_env_run(tmp_path):
 
 
 def test_n_envs_must_divide_the_rollout(tmp_path, capsys):
-    assert train.main(["--n-envs", "3", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert train.main(["--algo", "ppo", "--n-envs", "3", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "n_steps 256" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 

@@ -159,7 +159,8 @@ def test_budget_range_is_read_only_where_a_run_records_one():
 
 
 SHORT_RUN = ["--total-timesteps", "64", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "2",
-             "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--fixed-budget"]
+             "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--fixed-budget",
+        "--algo", "ppo"]
 
 
 def test_a_trained_agent_runs_beside_the_schedules_and_a_budget_it_cannot_take_is_refused(explorer, tmp_path, capsys):

@@ -70,7 +70,8 @@ def test_iso_flags_are_checked(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
     assert train.main(["--epsilon", "0.1", "--out", str(tmp_path)]) == 2
     assert "--epsilon is for --objective iso-quality" in capsys.readouterr().err
-    assert train.main(["--selector-epsilons", "0.1", "--objective", "iso-quality", "--out", str(tmp_path)]) == 2
+    assert train.main(["--algo", "ppo", "--selector-epsilons", "0.1", "--objective", "iso-quality",
+                       "--out", str(tmp_path)]) == 2
     assert "--selector-epsilons is for --algo selector --objective iso-quality" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 

@@ -16,7 +16,8 @@ import train
 from envs.config import EnvConfig
 
 TINY = ["--total-timesteps", "64", "--eval-freq", "32", "--checkpoint-freq", "32", "--eval-episodes", "2",
-        "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--n-envs", "4", "--fixed-budget"]
+        "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=1", "--no-progress", "--n-envs", "4", "--fixed-budget",
+        "--algo", "ppo"]
 PROMPTS = ["a large red solid circle in the centre on a plain gray background",
            "a small blue striped square at the top left on a noisy navy background",
            "a medium green striped cross on the left on a plain black background",
@@ -26,7 +27,7 @@ PROMPTS = ["a large red solid circle in the centre on a plain gray background",
 def test_workers_without_ray_fail_at_once_saying_how_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without the package looks like to import
     t0 = time.perf_counter()
-    assert train.main(["--workers", "2", "--out", str(tmp_path / "runs"), "--no-progress"]) == 2
+    assert train.main(["--algo", "ppo", "--workers", "2", "--out", str(tmp_path / "runs"), "--no-progress"]) == 2
     assert 'pip install -e ".[ray]"' in capsys.readouterr().err
     assert time.perf_counter() - t0 < 5 and not (tmp_path / "runs").exists()
     from envs.ray_vec import RayUnavailable, require_ray

@@ -17,7 +17,8 @@ from domain import load_prompts
 from embedded.loaders import load_embedded_generator
 
 SHORT = ["--total-timesteps", "128", "--eval-freq", "64", "--checkpoint-freq", "64", "--eval-episodes", "4",
-         "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=2", "--no-progress", "--fixed-budget"]
+         "--hp", "n_steps=32", "--hp", "batch_size=32", "--hp", "n_epochs=2", "--no-progress", "--fixed-budget",
+         "--algo", "ppo"]
 
 
 def _generator_and_reward(run):
@@ -223,7 +224,7 @@ def test_evaluate_agent_names_a_bad_prompt_and_duplicates(trained, tmp_path, cap
 
 
 def test_bad_hyperparameters_fail_fast_without_leaving_a_run(tmp_path, capsys):
-    assert train.main(["--hp", "bogus_key=1", "--out", str(tmp_path), "--name", "bad", "--no-progress"]) == 2
+    assert train.main(["--algo", "ppo", "--hp", "bogus_key=1", "--out", str(tmp_path), "--name", "bad", "--no-progress"]) == 2
     assert "bogus_key" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert train.main(["--algo", "dqn", "--hp", "action_mode=continuous", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "discrete" in capsys.readouterr().err
