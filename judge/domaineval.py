@@ -310,6 +310,10 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _or_nan(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
 def format_reconstruction(block: dict) -> list[str]:
     """The ``reconstruction`` block as text lines: renders vs their full tokenizer reconstructions."""
     lines = ["", f"judge on {block['renders']['n_images']} held-out renders and their tokenizer reconstructions "
@@ -323,6 +327,13 @@ def format_reconstruction(block: dict) -> list[str]:
                      + f"{b['attribute_accuracy']:>10.4f}{b['scene_accuracy']:>11.4f}  "
                      + "/".join(f"{b['by_object_size'].get(s, float('nan')):.3f}" for s in ("small", "medium", "large")))
     lines.append("  targets met: " + ", ".join(f"{k} {v}" for k, v in block["targets_met"].items()))
+    for label, key in (("renders", "renders"), ("reconstructions", "reconstructions")):
+        b = block[key]
+        per = b.get("by_object_size_and_attribute", {})
+        lines.append(f"  {label}, per object size: " + "; ".join(
+            f"{size} " + " ".join(f"{a} {v:.3f}" for a, v in per[size].items()) for size in ("small", "medium", "large")
+            if size in per) + f"; scene without small objects {_or_nan(b['scene_accuracy_without_small_objects']):.3f} "
+            f"({b['n_images_without_small_objects']} images)")
     if "erasure" in block:
         e = block["erasure"]
         lines.append(f"  what the reconstructions hold (judge.erasure, first {e['n_images']} images; retention = share of "

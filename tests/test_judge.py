@@ -308,7 +308,14 @@ def test_detailed_accuracy_splits_the_background_and_groups_objects_by_size():
     assert d["per_attribute"]["background_kind"] == 2 / 3 and d["per_attribute"]["background_colour"] == 1.0
     assert d["per_attribute"]["shape"] == 5 / 6 and d["per_attribute"]["position"] == 5 / 6
     assert d["by_object_size"] == {"small": 2 / 3, "medium": 1.0}
+    assert d["by_object_size_and_attribute"]["small"] == {"position": 2 / 3, "shape": 2 / 3, "colour": 2 / 3,
+                                                         "texture": 2 / 3, "size": 2 / 3}
+    assert set(d["by_object_size_and_attribute"]["medium"].values()) == {1.0}
     assert d["scene_accuracy"] == 1 / 3 and d["n_images"] == 3
+    assert d["scene_accuracy_without_small_objects"] is None and d["n_images_without_small_objects"] == 0
+    big = Scene(tuple(o for o in want.objects if o.size != "small"), want.background, want.background_colour)
+    one = detailed_accuracy([big, wrong_kind, big], [caption(big), PROMPTS[1], caption(big)])
+    assert one["scene_accuracy_without_small_objects"] == 1.0 and one["n_images_without_small_objects"] == 2
     with pytest.raises(ValueError, match="2 scenes but 1 captions"):
         detailed_accuracy([want, want], [PROMPTS[1]])
 
