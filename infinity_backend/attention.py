@@ -126,4 +126,6 @@ def apply_rope(gen: Any, q: torch.Tensor, k: torch.Tensor, scale_index: int,
                           cache[1] * qk[..., 0] + cache[0] * qk[..., 1]], dim=-1)
         qk = qk.reshape(*qk.shape[:-2], -1)
         q, k = qk.unbind(dim=0)
-    return q, k
+    # k goes into the KV cache: as a view it would keep the stacked (q, k) storage alive, twice its own size,
+    # for the whole image (measured on the tiny model: 4.8 MB of cache against 3.2 MB of keys and values)
+    return q, k.clone()
