@@ -101,11 +101,13 @@ def targets_met(block: dict) -> dict[str, bool]:
 
 
 def judge_on_reconstructions(judge: DomainJudge, num_renders: int, seed: int, tokenizer=None,
-                             failures_png: Path | None = None, erasure: int = 0) -> dict:
+                             failures_png: Path | None = None, erasure: int = 0,
+                             small_failures_png: Path | None = None) -> dict:
     """The judge on ``num_renders`` renders drawn with ``seed`` (``domain.sample_batch``), on their full
     reconstructions and, as a diagnostic, on reconstructions without the last scale. Returns the
     ``reconstruction`` block of ``python -m judge --json`` (accuracies, targets, which are met);
-    ``failures_png`` also writes a grid of reconstructions the judge misreads, beside their renders;
+    ``failures_png`` also writes a grid of reconstructions the judge misreads, beside their renders, and
+    ``small_failures_png`` one of those where it misreads a small object it reads right on the render;
     ``erasure`` > 0: on the first ``erasure`` renders, which checks the reconstructions still hold,
     measured without the judge (``judge.erasure``: ~45 counterfactual reconstructions per image), and the
     judge's accuracy on those and on the others."""
@@ -118,13 +120,22 @@ def judge_on_reconstructions(judge: DomainJudge, num_renders: int, seed: int, to
     renders = np.stack([render(sc, s) for sc, s in scenes])   # = sample_batch(seed, num_renders)[0]
     captions = [caption_of(sc) for sc, _ in scenes]
     recon = reconstruct(tokenizer, renders)
-    seen_recon = judge.predict(recon)
-    block = {"seed": seed, "renders": detailed_accuracy(judge.predict(renders), captions),
+    seen_recon, seen_render = judge.predict(recon), judge.predict(renders)
+    block = {"seed": seed, "renders": detailed_accuracy(seen_render, captions),
              "reconstructions": detailed_accuracy(seen_recon, captions),
              "reconstructions_last_scale_dropped": detailed_accuracy(judge.predict(reconstruct(tokenizer, renders, 1)),
                                                                      captions),
              "targets": TARGETS}
     block["targets_met"] = targets_met(block)
+    # the issue excuses misses where a reconstruction no longer holds the attribute, naming small objects (one
+    # 8x8 token): the same targets on the images that have none, beside the failure grid of the small ones
+    no_small = [i for i, c in enumerate(captions) if all(o.size != "small" for o in parse_caption(c).objects)]
+    if no_small:
+        sub = detailed_accuracy([seen_recon[i] for i in no_small], [captions[i] for i in no_small])
+        block["reconstructions_without_small_objects"] = sub
+        block["targets_met_without_small_objects"] = {
+            k: v for k, v in targets_met({"reconstructions": sub, "renders": block["renders"]}).items()
+            if k.startswith("reconstruction")}
     if erasure:
         from judge.erasure import READABLE_THRESHOLD, readable_accuracy, retentions
 
@@ -140,7 +151,26 @@ def judge_on_reconstructions(judge: DomainJudge, num_renders: int, seed: int, to
         block["failures_png"] = str(failures_png)
         write_failure_grid(failures_png, renders[wrong], recon[wrong], [captions[i] for i in wrong],
                            [seen_recon[i] for i in wrong])
+    if small_failures_png is not None:
+        wrong = small_object_misreads(seen_recon, seen_render, captions)
+        block["small_failures_png"] = str(small_failures_png)
+        block["small_object_misreads"] = len(wrong)
+        write_failure_grid(small_failures_png, renders[wrong], recon[wrong], [captions[i] for i in wrong],
+                           [seen_recon[i] for i in wrong])
     return block
+
+
+def small_object_misreads(seen_recon: list[Scene], seen_render: list[Scene], captions: list[str]) -> list[int]:
+    """Indices of the images where some small object has a check the judge gets wrong on the reconstruction and
+    right on the render: the reconstruction, not the judge's reading of such objects in general, changed."""
+    out = []
+    for i, c in enumerate(captions):
+        want = parse_caption(c)
+        on_recon, on_render = attribute_checks(seen_recon[i], want), attribute_checks(seen_render[i], want)
+        if any(o.size == "small" and any(on_render[a][k] and not on_recon[a][k] for a in ("position", *OBJECT_HEADS))
+               for k, o in enumerate(want.objects)):
+            out.append(i)
+    return out
 
 
 def write_failure_grid(path: Path, renders: np.ndarray, recons: np.ndarray, captions: list[str],

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "measured without the judge: ~45 counterfactual reconstructions each; 0 = skip it)")
     ap.add_argument("--failures-png", type=Path, default=None,
                     help="also write a grid of the reconstructions the judge misreads, beside their renders")
+    ap.add_argument("--small-failures-png", type=Path, default=None,
+                    help="also write a grid of the reconstructions where the judge misreads a small object (one 8x8 "
+                         "token) that it reads right on the render: to check by eye whether the attribute survived")
     ap.add_argument("--weights", type=Path, default=JUDGE_WEIGHTS)
     ap.add_argument("--batch-size", type=int, default=50, help="images generated per batch")
     return ap
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = run_domaineval(judge, args.num_prompts, args.seeds, args.num_renders, args.batch_size,
                             num_reconstructions=args.num_reconstructions, failures_png=args.failures_png,
-                            erasure_renders=args.erasure_renders)
+                            erasure_renders=args.erasure_renders, small_failures_png=args.small_failures_png)
     result["judge_weights"] = str(args.weights)
     result["judge_training"] = {k: v for k, v in read_metadata(args.weights).items() if k != "judge_config"}
     result["wall_seconds"] = round(time.time() - t0, 1)

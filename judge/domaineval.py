@@ -230,7 +230,8 @@ def clip_vs_judge(per_method: dict[str, dict], test: TestImages, clip, clip_tok)
 
 def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_renders: int, batch_size: int = 50,
                    log: Callable[[str], None] = print, num_reconstructions: int = 400,
-                   failures_png: Path | None = None, erasure_renders: int = 100) -> dict:
+                   failures_png: Path | None = None, erasure_renders: int = 100,
+                   small_failures_png: Path | None = None) -> dict:
     """Everything ``python -m judge`` reports, as a dict: the first ``num_prompts`` test prompts x
     ``seeds`` generated ``batch_size`` at a time, ``num_renders`` held-out renders (stages above), and
     the ``reconstruction`` block: ``num_reconstructions`` other held-out renders and their tokenizer
@@ -247,7 +248,8 @@ def run_domaineval(judge: DomainJudge, num_prompts: int, seeds: list[int], num_r
     if num_reconstructions:
         t = time.time()
         out["reconstruction"] = judge_on_reconstructions(judge, num_reconstructions, HELDOUT_RECONSTRUCTION_SEED,
-                                                         failures_png=failures_png, erasure=erasure_renders)
+                                                         failures_png=failures_png, erasure=erasure_renders,
+                                                         small_failures_png=small_failures_png)
         log(f"reconstructions: {time.time() - t:.1f}s")
     t = time.time()
     clip, _, clip_tok = create_embedded_clip()
@@ -334,6 +336,12 @@ def format_reconstruction(block: dict) -> list[str]:
             f"{size} " + " ".join(f"{a} {v:.3f}" for a, v in per[size].items()) for size in ("small", "medium", "large")
             if size in per) + f"; scene without small objects {_or_nan(b['scene_accuracy_without_small_objects']):.3f} "
             f"({b['n_images_without_small_objects']} images)")
+    if "reconstructions_without_small_objects" in block:
+        b = block["reconstructions_without_small_objects"]
+        lines.append(f"  reconstructions of the {b['n_images']} images with no small object: attribute "
+                     f"{b['attribute_accuracy']:.4f}, scene {b['scene_accuracy']:.4f}, worst attribute "
+                     f"{min(b['per_attribute'].values()):.4f}; targets met: "
+                     + ", ".join(f"{k} {v}" for k, v in block["targets_met_without_small_objects"].items()))
     if "erasure" in block:
         e = block["erasure"]
         lines.append(f"  what the reconstructions hold (judge.erasure, first {e['n_images']} images; retention = share of "

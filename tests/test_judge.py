@@ -181,6 +181,11 @@ def test_judge_reads_tokenizer_reconstructions_it_never_saw(held_out):
         assert rec["per_attribute"][attribute] >= 0.95, attribute
     assert min(rec["per_attribute"].values()) >= 0.88
     assert rec["by_object_size"]["medium"] >= 0.96 and rec["by_object_size"]["large"] >= 0.96
+    # every reconstruction target holds on the images with no small object (one 8x8 token, the misses the issue
+    # excuses with the failure grid): v3 reads these 146 at attribute 0.989, scene 0.897, worst attribute 0.972
+    assert all(held_out["targets_met_without_small_objects"].values()), held_out["targets_met_without_small_objects"]
+    for size in ("medium", "large"):
+        assert min(rec["by_object_size_and_attribute"][size].values()) >= 0.95, size
     # dropping the last scale must cost the judge's reading a lot: the judge is not trained to guess from priors
     assert held_out["reconstructions_last_scale_dropped"]["attribute_accuracy"] <= rec["attribute_accuracy"] - 0.1
 
@@ -319,6 +324,22 @@ def test_detailed_accuracy_splits_the_background_and_groups_objects_by_size():
     with pytest.raises(ValueError, match="2 scenes but 1 captions"):
         detailed_accuracy([want, want], [PROMPTS[1]])
 
+
+def test_small_object_misreads_are_those_the_reconstruction_changed():
+    """An image counts when a small object's check fails on the reconstruction and holds on the render; a
+    medium object's miss, or a small object misread on both, does not count."""
+    import dataclasses
+
+    from judge.accuracy import small_object_misreads
+
+    want = parse_caption(PROMPTS[1])  # a medium striped square, a small solid star
+    def reading(size: str, texture: str) -> Scene:
+        return Scene(tuple(dataclasses.replace(o, texture=texture) if o.size == size else o for o in want.objects),
+                     want.background, want.background_colour)
+    small_wrong, medium_wrong = reading("small", "dotted"), reading("medium", "dotted")
+    recon = [small_wrong, medium_wrong, small_wrong, want]
+    render_ = [want, want, small_wrong, want]
+    assert small_object_misreads(recon, render_, [PROMPTS[1]] * 4) == [0]
 
 def test_failure_grid_shows_a_reading_of_no_object(tmp_path):
     """A judge that finds no object at all in a misread image still gets its row in the grid (the grammar has
