@@ -2,7 +2,7 @@
 static schedule and a random schedule at the agent's FLOPs. Or score existing image folders.
 
 Generate-and-compare mode (default):
-    python evaluate_agent.py                                  # latest run in runs/, test prompts
+    python evaluate_agent.py                                  # every run in runs/, test prompts
     python evaluate_agent.py --run runs/ppo_s0 --run runs/ppo_fw2 --num-prompts 50 --seeds 0 1 2
 
 Folder mode (the seed's):
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     c = ap.add_argument_group("generate-and-compare mode")
     c.add_argument("--run", type=Path, action="append", default=[], help="train.py run directory (repeatable); "
-                   "default: the latest run under runs/")
+                   "default: every finished run under --runs-dir, side by side (they must share the generator, "
+                   "its CFG and the quality weights)")
     c.add_argument("--runs-dir", type=Path, default=Path("runs"))
     c.add_argument("--prompts", default="test", help="prompt split or file for the comparison")
     c.add_argument("--num-prompts", type=int, default=100)

@@ -308,27 +308,29 @@ def check_rows_reachable(rows: list[AgentRow], floor_fraction) -> None:
                              f"{row.run.path}'s controllable scales (every one skipped): no schedule can meet it")
 
 
-def latest_run(runs_dir: Path) -> Path:
-    """The most recently finished train.py run under ``runs_dir`` (by its best model's time)."""
+def every_finished_run(runs_dir: Path) -> list[Path]:
+    """Every finished train.py run directly under ``runs_dir``, oldest first: compare mode's default, so the
+    learners trained side by side (``train.py``, ``--algo ppo``, ``--algo ppo-residual``, lossless runs) land
+    in one table."""
     from agents.schedule import finished_runs
 
     cands = finished_runs(runs_dir)
     if not cands:
         raise FileNotFoundError(f"no finished train.py run under {runs_dir}/ (train one with `python train.py`, "
                                 f"or pass --run DIR)")
-    return cands[-1]
+    return cands
 
 
 def resolve_runs(run_dirs: tuple[Path, ...], runs_dir: Path, static_search: bool,
                  same_quality: bool = True) -> tuple[RunInfo, ...]:
-    """The runs to compare (default: the latest under ``runs_dir``), each a finished train.py run; they
+    """The runs to compare (default: every finished run under ``runs_dir``), each a finished train.py run; they
     must share the generator, its CFG scale, the quality weights (unless not ``same_quality``: the
     iso-quality tool judges them by DomainEval alone) and, for the static search, the first controllable
     scale. QUALITY is the budget objective's for every run (``RewardConfig.budget_quality``)."""
     from agents.schedule import RunError, read_run_config, served_file
     from envs.config import EnvConfig
 
-    paths = list(run_dirs) or [latest_run(runs_dir)]
+    paths = list(run_dirs) or every_finished_run(runs_dir)
     if len(set(map(str, paths))) != len(paths):
         raise ValueError(f"--run lists the same run twice: {[str(r) for r in paths]}")
     names = [p.name for p in paths]  # the run's folder name, with its parent where names clash

@@ -139,6 +139,22 @@ def test_compare_mode_refuses_bad_paths_and_runs_before_any_image(budget_run, tm
     assert f"no finished train.py run under {tmp_path / 'empty'}/" in capsys.readouterr().err
 
 
+def test_compare_mode_defaults_to_every_finished_run_side_by_side(budget_run, tmp_path):
+    """No --run: every finished run under --runs-dir, oldest first; an unfinished one is left out."""
+    import os
+    import shutil
+
+    from evaluation.compare_plan import resolve_runs
+
+    runs_dir = tmp_path / "runs"
+    for i, name in enumerate(("b_old", "a_new")):
+        shutil.copytree(budget_run, runs_dir / name)
+        os.utime(runs_dir / name / "best_model.zip", (1_000_000 + i, 1_000_000 + i))
+    (runs_dir / "unfinished").mkdir()
+    (runs_dir / "unfinished" / "config.json").write_text((budget_run / "config.json").read_text())
+    assert [r.label for r in resolve_runs((), runs_dir, static_search=True)] == ["b_old", "a_new"]
+    assert [r.label for r in resolve_runs((runs_dir / "a_new",), runs_dir, static_search=True)] == ["a_new"]
+
 def test_the_resolve_stage_needs_no_generator(budget_run, tmp_path):
     """resolve_plan checks and resolves a request on its own (no model, no image); budgets relative to FastVAR
     are checked by agent_rows against FastVAR's fraction, which the caller gets from the generator. A budget
