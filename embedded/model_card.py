@@ -40,20 +40,24 @@ def _latency(fn, repeats: int) -> float:
 
 
 @torch.no_grad()
-def measure(num_prompts: int = 100, num_real: int = 512, latency_repeats: int = 20) -> tuple[dict, dict]:
-    """(card, images) where images holds the generated test images per schedule for the grid."""
-    from rewards.clip_model import clip_retrieval_r1, create_embedded_clip
+def measure(num_prompts: int = 100, num_real: int = 512, latency_repeats: int = 20, tokenizer_path: Path | None = None,
+            generator_path: Path | None = None, device: str = "cpu") -> tuple[dict, dict]:
+    """(card, images) where images holds the generated test images per schedule for the grid. Default: the
+    shipped weights; ``tokenizer_path`` / ``generator_path``: other files (scripts/gpu_deep_model.py's); generation
+    and latency run on ``device``; ``latency_repeats`` 0 skips the latency."""
     from domain import load_prompts, sample_batch
-    from embedded.loaders import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_embedded_generator
-    from rewards.clip_model import EMBEDDED_CLIP_WEIGHTS
-    from generator.schedules import FastVARSchedule, RatioListSchedule, schedule_ratios
+    from embedded.loaders import DEFAULT_CFG_SCALE, GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_embedded_generator
     from embedded.training import psnr_db
+    from generator.schedules import FastVARSchedule, RatioListSchedule, schedule_ratios
+    from rewards.clip_model import EMBEDDED_CLIP_WEIGHTS, clip_retrieval_r1, create_embedded_clip
     from rewards.similarity import ssim
 
-    g = load_embedded_generator()
+    tokenizer_path = Path(tokenizer_path or TOKENIZER_WEIGHTS)
+    generator_path = Path(generator_path or GENERATOR_WEIGHTS)
+    g = load_embedded_generator(device=device, tokenizer_path=tokenizer_path, generator_path=generator_path)
     tok = g.tokenizer
     imgs, captions = sample_batch(HELDOUT_SEED, num_real)
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(255).to(device)
     rec = torch.cat([tok.decode(tok.indices_to_f_hat(tok.encode_indices(c))) for c in x.split(64)])
     card: dict = {"tokenizer_psnr_db": float(psnr_db(rec, x).mean())}
 
@@ -63,10 +67,10 @@ def measure(num_prompts: int = 100, num_real: int = 512, latency_repeats: int = 
     prompts = load_prompts("test")[:num_prompts]
     n = g.num_scales
     schedules = {"generated": None, "fastvar": FastVARSchedule(), "heavy_skip": RatioListSchedule(tuple(heavy_skip_ratios(n)))}
-    images: dict[str, torch.Tensor] = {}
+    images: dict = {}
     for key, sched in schedules.items():
-        out = [g.generate(prompts[i:i + 25], [0] * len(prompts[i:i + 25]), schedule=sched)[0] for i in range(0, len(prompts), 25)]
-        images[key] = torch.cat(out)
+        images[key] = torch.cat([g.generate(prompts[i:i + 25], [0] * len(prompts[i:i + 25]), schedule=sched)[0].cpu()
+                                 for i in range(0, len(prompts), 25)])
         card[f"clip_r1_{key}"] = clip_retrieval_r1(clip, clip_tok, to_uint8(images[key]), prompts)
         if sched is not None:
             s = ssim(images[key], images["generated"])
@@ -74,14 +78,16 @@ def measure(num_prompts: int = 100, num_real: int = 512, latency_repeats: int = 
             card[f"ssim_{key}_std"] = float(s.std())
             card[f"ssim_{key}_p10_p90"] = [float(s.quantile(0.1)), float(s.quantile(0.9))]
             card[f"flops_fraction_{key}"] = g.flops_fraction(schedule_ratios(sched, n))
-    files = [TOKENIZER_WEIGHTS, GENERATOR_WEIGHTS, EMBEDDED_CLIP_WEIGHTS]
-    card["weights_mb"] = sum(Path(f).stat().st_size for f in files) / 1e6
-    card["latency_ms_b1"] = _latency(lambda: g.generate([prompts[0]], [0]), latency_repeats)
-    card["latency_ms_b8"] = _latency(lambda: g.generate(prompts[:8], list(range(8))), max(5, latency_repeats // 4))
-    card["latency_ms_per_image_b8"] = card["latency_ms_b8"] / 8
+    card["weights_mb"] = sum(Path(f).stat().st_size for f in (tokenizer_path, generator_path, EMBEDDED_CLIP_WEIGHTS)) / 1e6
+    if latency_repeats:
+        card["latency_ms_b1"] = _latency(lambda: g.generate([prompts[0]], [0]), latency_repeats)
+        card["latency_ms_b8"] = _latency(lambda: g.generate(prompts[:8], list(range(8))), max(5, latency_repeats // 4))
+        card["latency_ms_per_image_b8"] = card["latency_ms_b8"] / 8
+    else:
+        card["skipped"] = "latency (latency_repeats 0)"
     card.update(num_test_prompts=len(prompts), num_real_images=num_real, torch_threads=torch.get_num_threads(),
-                cfg_scale=3.0, scales=list(g.scale_widths))
-    images["prompts"] = prompts  # type: ignore[assignment]
+                device=device, cfg_scale=DEFAULT_CFG_SCALE, scales=list(g.scale_widths))
+    images["prompts"] = prompts
     return card, images
 
 

@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO))
 
 from embedded.cli import int_tuple, model_shape_config  # noqa: E402
 from embedded.config import GeneratorConfig, TokenizerConfig, TransformerConfig  # noqa: E402
-from embedded.training import pick_device, psnr_db, render_pool, save_checkpoint  # noqa: E402
+from embedded.training import pick_device, render_pool, save_checkpoint  # noqa: E402
 from generator.weights_io import atomic_write_json, jsonable, read_metadata  # noqa: E402
 
 STAGES = ("render", "tokenizer", "codes", "generator", "card")
@@ -303,51 +303,15 @@ def restore_checkpoint(out: Path, name: str, ckpt: Path) -> int:
     return step
 
 
-# ---- the model card's figures for these weights (embedded.model_card measures the shipped files) ----
-@torch.no_grad()
+# ---- the model card's figures for these weights -------------------------------------------------
 def measure_card(tokenizer: Path, generator: Path, num_prompts: int, num_real: int, latency_repeats: int,
                  device: str, grid: Path) -> dict:
-    """``embedded.model_card.measure``'s figures (same held-out data, prompts, seeds, CFG, schedules) for
-    these files; generation and latency run on ``device``. Also writes the sample grid PNG."""
-    from domain import load_prompts, sample_batch
-    from embedded.loaders import DEFAULT_CFG_SCALE, load_embedded_generator
-    from embedded.model_card import HELDOUT_SEED, _latency, heavy_skip_ratios, save_grid
-    from generator.images import to_uint8
-    from generator.schedules import FastVARSchedule, RatioListSchedule, schedule_ratios
-    from rewards.clip_model import EMBEDDED_CLIP_WEIGHTS, clip_retrieval_r1, create_embedded_clip
-    from rewards.similarity import ssim
+    """``embedded.model_card.measure``'s figures (same held-out data, prompts, seeds, CFG, schedules) for these
+    files, on ``device``; also writes the sample grid PNG."""
+    from embedded.model_card import measure, save_grid
 
-    g = load_embedded_generator(device=device, tokenizer_path=tokenizer, generator_path=generator)
-    tok = g.tokenizer
-    imgs, captions = sample_batch(HELDOUT_SEED, num_real)
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(255).to(device)
-    rec = torch.cat([tok.decode(tok.indices_to_f_hat(tok.encode_indices(c))) for c in x.split(64)])
-    card: dict = {"tokenizer_psnr_db": float(psnr_db(rec, x).mean())}
-    clip, _, clip_tok = create_embedded_clip()
-    card["clip_r1_real"] = clip_retrieval_r1(clip, clip_tok, imgs, captions)
-    prompts = load_prompts("test")[:num_prompts]
-    n = g.num_scales
-    schedules = {"generated": None, "fastvar": FastVARSchedule(), "heavy_skip": RatioListSchedule(tuple(heavy_skip_ratios(n)))}
-    images: dict = {}
-    for key, sched in schedules.items():
-        images[key] = torch.cat([g.generate(prompts[i:i + 25], [0] * len(prompts[i:i + 25]), schedule=sched)[0].cpu()
-                                 for i in range(0, len(prompts), 25)])
-        card[f"clip_r1_{key}"] = clip_retrieval_r1(clip, clip_tok, to_uint8(images[key]), prompts)
-        if sched is not None:
-            s = ssim(images[key], images["generated"])
-            card[f"ssim_{key}_mean"], card[f"ssim_{key}_std"] = float(s.mean()), float(s.std())
-            card[f"ssim_{key}_p10_p90"] = [float(s.quantile(0.1)), float(s.quantile(0.9))]
-            card[f"flops_fraction_{key}"] = g.flops_fraction(schedule_ratios(sched, n))
-    card["weights_mb"] = sum(p.stat().st_size for p in (tokenizer, generator, EMBEDDED_CLIP_WEIGHTS)) / 1e6
-    if latency_repeats:
-        card["latency_ms_b1"] = _latency(lambda: g.generate([prompts[0]], [0]), latency_repeats)
-        card["latency_ms_b8"] = _latency(lambda: g.generate(prompts[:8], list(range(8))), max(5, latency_repeats // 4))
-        card["latency_ms_per_image_b8"] = card["latency_ms_b8"] / 8
-    else:
-        card["skipped"] = "latency (--card-latency-repeats 0)"
-    card.update(num_test_prompts=len(prompts), num_real_images=num_real, torch_threads=torch.get_num_threads(),
-                device=device, cfg_scale=DEFAULT_CFG_SCALE, scales=list(g.scale_widths))
-    images["prompts"] = prompts
+    card, images = measure(num_prompts, num_real, latency_repeats, tokenizer_path=tokenizer, generator_path=generator,
+                           device=device)
     save_grid(images, grid)
     return card
 
