@@ -69,6 +69,17 @@ def read_json_file(path: str | Path, error: type[Exception], missing: str):
         raise error(f"{p} is not valid JSON ({e})") from None
 
 
+def npz_bytes(**arrays) -> bytes:
+    """An uncompressed .npz of numpy ``arrays`` as bytes, for ``atomic_write_bytes``."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 

@@ -47,7 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -55,7 +56,7 @@ sys.path.insert(0, str(REPO))
 from embedded.cli import int_tuple, model_shape_config  # noqa: E402
 from embedded.config import GeneratorConfig, TokenizerConfig, TransformerConfig  # noqa: E402
 from embedded.training import pick_device, render_pool, save_checkpoint  # noqa: E402
-from generator.weights_io import atomic_write_json, jsonable, read_metadata  # noqa: E402
+from generator.weights_io import atomic_write_bytes, atomic_write_json, jsonable, npz_bytes, read_metadata  # noqa: E402
 
 STAGES = ("render", "tokenizer", "codes", "generator", "card")
 STAGES_NEEDING_OPEN_CLIP = {"tokenizer", "codes", "generator", "card"}  # all import embedded.loaders
@@ -176,10 +177,7 @@ def ensure_pool(args) -> Path:
     t0 = time.time()
     # chunks of 500 seeds, as scripts/render_pool.py; a smaller pool renders one smaller chunk
     imgs, caps = render_pool(args.pool_n, args.pool_seed, args.render_workers, chunk=min(500, args.pool_n))
-    tmp = args.work / ".pool.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, images=imgs, captions=np.asarray(caps))
-    os.replace(tmp, pool)
+    atomic_write_bytes(pool, npz_bytes(images=imgs, captions=np.asarray(caps)))
     atomic_write_json(meta, want)
     print(f"[render] {len(caps)} images in {time.time() - t0:.1f}s with {args.render_workers} workers -> {pool}", flush=True)
     return pool
@@ -218,9 +216,7 @@ def copy_returned(src: Path, out: Path) -> dict:
     if src.resolve() != out.resolve():
         for p in sorted(src.iterdir()):
             if p.is_file() and RETURN_NAME.match(p.name) and not p.name.startswith("."):
-                tmp = out / f".{p.name}.tmp"
-                shutil.copyfile(p, tmp)
-                os.replace(tmp, out / p.name)
+                atomic_write_bytes(out / p.name, p.read_bytes())  # returned files: <= 16 MiB each
     return read_state(src)
 
 
@@ -258,9 +254,7 @@ def export_optimizer(ckpt: Path, out: Path, name: str) -> list[Path]:
         if not part:
             path.unlink(missing_ok=True)
             continue
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(part, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, safetensors_bytes(part, metadata=meta))
         written.append(path)
     return written
 

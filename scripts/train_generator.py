@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from embedded.tokenizer import MultiScaleVQTokenizer  # noqa: E402
 from embedded.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device,  # noqa: E402
                                 to_float_images)
 from embedded.transformer import NextScaleTransformer  # noqa: E402
-from generator.weights_io import save_module  # noqa: E402
+from generator.weights_io import atomic_write_bytes, npz_bytes, save_module  # noqa: E402
 
 #: a batch for teacher forcing: (BPE ids (B, T), valid mask (B, T), per-scale code maps [(B, p_k, p_k)])
 Batch = tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]
@@ -78,13 +77,8 @@ def write_codes_file(tokenizer_path: str | Path, pool_path: str | Path, out_path
     for i in range(0, len(images), chunk):
         x = to_float_images(torch.from_numpy(images[i:i + chunk]), device)
         codes[i:i + chunk] = flat_codes(tok.encode_indices(x)).cpu().numpy()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
-        np.savez(f, codes=codes, captions=captions, scales=np.asarray(tok.cfg.scales),
-                 tokenizer_sha256=np.asarray(file_sha256(tokenizer_path)))
-    os.replace(tmp, out_path)
+    atomic_write_bytes(out_path, npz_bytes(codes=codes, captions=captions, scales=np.asarray(tok.cfg.scales),
+                                           tokenizer_sha256=np.asarray(file_sha256(tokenizer_path))))
     return len(images)
 
 
