@@ -27,16 +27,14 @@ import statistics
 import sys
 import time
 import traceback
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from infinity_backend.flash_attn_stand_in import flash_attn_varlen_kvpacked_func as per_sequence_varlen
 
 TINY = "tiny"
 #: nn.init functions whose fills of large parameters are drawn on the device instead (``--init device``)
@@ -115,36 +113,6 @@ class DeferredFills(TorchFunctionMode):
             with torch.no_grad():
                 func(*args, **kwargs)
         return len(self.pending)
-
-
-def equal_length_varlen_sdpa(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                             softmax_scale=None, **_ignored):
-    """flash-attn's varlen kv-packed call, q (n*Lq, H, c), kv (n*Lk, 2, H, c) -> (n*Lq, H, c), as ONE SDPA
-    call when every sequence has the maximum length (the sizes tell, no host sync); otherwise the
-    project's per-sequence stand-in (a loop with four host syncs per sequence)."""
-    n = cu_seqlens_q.shape[0] - 1
-    if q.shape[0] != n * max_seqlen_q or kv.shape[0] != n * max_seqlen_k:
-        return per_sequence_varlen(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                   dropout_p, softmax_scale)
-    H, c = q.shape[1], q.shape[2]
-    q_BHLc = q.view(n, max_seqlen_q, H, c).transpose(1, 2)
-    k_BHSc, v_BHSc = (kv[:, i].reshape(n, max_seqlen_k, H, c).transpose(1, 2) for i in (0, 1))
-    o_BHLc = F.scaled_dot_product_attention(q_BHLc, k_BHSc, v_BHSc, scale=softmax_scale)
-    return o_BHLc.transpose(1, 2).reshape(n * max_seqlen_q, H, c)
-
-
-@contextmanager
-def cross_attention(up, real_flash: bool):
-    """Upstream's cross-attention kernel for the run (restored afterwards); yields its description."""
-    if real_flash:
-        yield "flash-attn (flash_attn_varlen_kvpacked_func)"
-        return
-    original = up.basic.flash_attn_varlen_kvpacked_func
-    up.basic.flash_attn_varlen_kvpacked_func = equal_length_varlen_sdpa
-    try:
-        yield "torch SDPA, one call per block for the batch (flash-attn not installed)"
-    finally:
-        up.basic.flash_attn_varlen_kvpacked_func = original
 
 
 def build_generator(opts, norms: str, init: str):
@@ -456,7 +424,7 @@ def run(args: argparse.Namespace, device: torch.device, dtype: str) -> int:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     opts = arch_options(args.arch, device, dtype, args.src)
     log(f"building {args.arch} with random weights on {device}, {dtype}, torch {torch.__version__}")
-    gen, up, info = build_generator(opts, args.norms, args.init)
+    gen, _, info = build_generator(opts, args.norms, args.init)
     log(f"built in {info['build_s']:.1f} s: {info['transformer_params'] / 1e6:,.1f} M transformer parameters, "
         f"{info['vae_params'] / 1e6:,.1f} M VAE; weights drawn on {info['init']} ({info['deferred_fills']} deferred fills)")
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -472,14 +440,15 @@ def run(args: argparse.Namespace, device: torch.device, dtype: str) -> int:
               "flops_full_gflops": gen.flops_full() / 1e9, "kv_estimate_bytes_per_image": est["kv"],
               "peak_memory_source": probe.source, "plans": plans, "rows": []}
     images = {b: 3 * b + 2 * pool for b in args.batch_sizes}   # images one round generates at batch b
-    with cross_attention(up, info["real_flash_attn"]) as how:
-        result["cross_attention"] = how
-        for i, b in enumerate(args.batch_sizes):
-            rest = args.batch_sizes[i + 1:]   # each still needs a warm-up and one round: ~2 rounds' time
-            reserve = (lambda last, b=b, rest=rest: sum(2 * last * images[r] / images[b] for r in rest))
-            result["rows"] += bench_batch_size(gen, b, plans, args.repeats, reserve, deadline, sync, probe, log)
-            write_outputs(result, out)
-            log(f"batch {b} done; wrote {out}")
+    result["cross_attention"] = ("flash-attn (flash_attn_varlen_kvpacked_func)" if info["real_flash_attn"] else
+                                 "torch SDPA through infinity_backend.flash_attn_stand_in, one call per block for the "
+                                 "batch (flash-attn not installed)")
+    for i, b in enumerate(args.batch_sizes):
+        rest = args.batch_sizes[i + 1:]   # each still needs a warm-up and one round: ~2 rounds' time
+        reserve = (lambda last, b=b, rest=rest: sum(2 * last * images[r] / images[b] for r in rest))
+        result["rows"] += bench_batch_size(gen, b, plans, args.repeats, reserve, deadline, sync, probe, log)
+        write_outputs(result, out)
+        log(f"batch {b} done; wrote {out}")
     result["complete"] = True
     write_outputs(result, out)
     print("\n" + format_table(result), flush=True)

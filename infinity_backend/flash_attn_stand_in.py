@@ -5,7 +5,7 @@ only with CUDA. On a machine without it, the direct loader on ``device: cpu`` pu
 ``sys.modules['flash_attn']`` (and says so on stderr) so that the upstream classes import. Our
 generator runs its own self-attention; upstream's cross-attention calls
 ``flash_attn_varlen_kvpacked_func``, answered here by ``torch.nn.functional.scaled_dot_product_attention``
-per sequence (the same maths, not the same kernel). A GPU user with flash-attn installed never gets this.
+(the same maths, not the same kernel; one call per batch when the prompts are padded to one length). A GPU user with flash-attn installed never gets this.
 """
 
 from __future__ import annotations
@@ -27,7 +27,21 @@ def flash_attn_func(q, k, v, dropout_p: float = 0.0, softmax_scale=None, **_igno
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                     dropout_p: float = 0.0, softmax_scale=None, **_ignored):
-    """q (Nq, H, c) and kv (Nk, 2, H, c) packed sequences with cumulative lengths -> (Nq, H, c)."""
+    """q (Nq, H, c) and kv (Nk, 2, H, c) packed sequences with cumulative lengths -> (Nq, H, c). When every
+    sequence has the maximum length (as upstream's padded prompts do; the sizes tell, no host sync) one SDPA
+    call for the batch, else one per sequence: the same maths either way."""
+    n = cu_seqlens_q.shape[0] - 1
+    if q.shape[0] != n * max_seqlen_q or kv.shape[0] != n * max_seqlen_k:
+        return per_sequence_varlen(q, kv, cu_seqlens_q, cu_seqlens_k, softmax_scale)
+    H, c = q.shape[1], q.shape[2]
+    q_BHLc = q.view(n, max_seqlen_q, H, c).transpose(1, 2)
+    k_BHSc, v_BHSc = (kv[:, i].reshape(n, max_seqlen_k, H, c).transpose(1, 2) for i in (0, 1))
+    o_BHLc = F.scaled_dot_product_attention(q_BHLc, k_BHSc, v_BHSc, scale=softmax_scale)
+    return o_BHLc.transpose(1, 2).reshape(n * max_seqlen_q, H, c)
+
+
+def per_sequence_varlen(q, kv, cu_seqlens_q, cu_seqlens_k, softmax_scale=None):
+    """The packed call one sequence at a time (four host syncs per sequence: the fallback for unequal lengths)."""
     out = []
     for i in range(len(cu_seqlens_q) - 1):
         qi = q[int(cu_seqlens_q[i]):int(cu_seqlens_q[i + 1])].transpose(0, 1)

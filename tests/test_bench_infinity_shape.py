@@ -69,21 +69,21 @@ def test_unknown_choice_is_refused_by_name(capsys):
 
 
 def test_batched_cross_attention_is_the_per_sequence_maths():
-    """One SDPA call for equal-length sequences gives what the per-sequence stand-in gives; unequal lengths
-    fall back to the stand-in itself."""
-    from infinity_backend.flash_attn_stand_in import flash_attn_varlen_kvpacked_func as per_sequence
+    """The stand-in's one SDPA call for equal-length sequences gives what one call per sequence gives; unequal
+    lengths take the per-sequence path itself."""
+    from infinity_backend.flash_attn_stand_in import flash_attn_varlen_kvpacked_func as packed
+    from infinity_backend.flash_attn_stand_in import per_sequence_varlen
 
-    bench = _bench()
     g = torch.Generator().manual_seed(0)
     n, lq, lk, H, c = 3, 5, 7, 2, 8
     q, kv = torch.randn(n * lq, H, c, generator=g), torch.randn(n * lk, 2, H, c, generator=g)
     cu_q, cu_k = torch.arange(0, (n + 1) * lq, lq), torch.arange(0, (n + 1) * lk, lk)
-    ours = bench.equal_length_varlen_sdpa(q, kv, cu_q, cu_k, lq, lk, softmax_scale=0.3)
-    torch.testing.assert_close(ours, per_sequence(q, kv, cu_q, cu_k, lq, lk, softmax_scale=0.3))
+    ours = packed(q, kv, cu_q, cu_k, lq, lk, softmax_scale=0.3)
+    torch.testing.assert_close(ours, per_sequence_varlen(q, kv, cu_q, cu_k, softmax_scale=0.3))
     cu_k2 = torch.tensor([0, 4, 11, 18])   # lengths 4, 7, 7
     kv2 = kv[:18]
-    assert torch.equal(bench.equal_length_varlen_sdpa(q, kv2, cu_q, cu_k2, lq, lk, softmax_scale=0.3),
-                       per_sequence(q, kv2, cu_q, cu_k2, lq, lk, softmax_scale=0.3))
+    assert torch.equal(packed(q, kv2, cu_q, cu_k2, lq, lk, softmax_scale=0.3),
+                       per_sequence_varlen(q, kv2, cu_q, cu_k2, softmax_scale=0.3))
 
 
 def test_deferred_fills_land_in_the_moved_parameters():
