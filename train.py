@@ -36,6 +36,10 @@ from agents.training_envs import build_training_envs
 DEFAULT_OUT = Path("runs")
 DEFAULT_N_ENVS = 16
 DEFAULT_BUDGET_RANGE = (0.2, 0.6)  # the embedded model: forced spend 0.184 .. well above FastVAR's 0.347
+# The selector's label prompts: with 1,000 (2,000 labelled images) it leaves the frontier on a third of the
+# test images at FastVAR's budget and beats the best static schedule there; with 150 it always fell back
+# (docs/controllers.md). The lossless selector was measured with 150.
+SELECTOR_TRAIN_PROMPTS = {"budget": 1000, "iso-quality": 150}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +94,10 @@ def _add_run_args(ap: argparse.ArgumentParser) -> None:
                     help="validation prompts (x seed 0) the frontier is searched on and the selector's margin chosen on "
                          "(evaluate_agent.py's default search items: keep them equal to share the cache)")
     ap.add_argument("--selector-k", type=int, default=8, help="--algo selector: candidate schedules per budget")
-    ap.add_argument("--selector-train-prompts", type=int, default=150,
-                    help="--algo selector: training prompts (x seeds 0 1) its labels are generated on")
+    ap.add_argument("--selector-train-prompts", type=int, default=None,
+                    help="--algo selector: training prompts (x seeds 0 1) its labels are generated on (default: "
+                         f"{SELECTOR_TRAIN_PROMPTS['budget']}, all of the train split; {SELECTOR_TRAIN_PROMPTS['iso-quality']} "
+                         "with --objective iso-quality, the measured settings)")
     ap.add_argument("--selector-budgets", nargs="+", default=["fastvar", "0.8fastvar", "0.6fastvar"],
                     help="--algo selector: budgets it is fitted at (fractions of the unpruned transformer FLOPs or "
                          "multiples of FastVAR's, e.g. 0.8fastvar)")
@@ -210,6 +216,10 @@ def check_args(args) -> None:
         check_positive("--" + flag.replace("_", "-"), getattr(args, flag))
     if args.eval_episodes is not None:
         check_positive("--eval-episodes", args.eval_episodes)
+    if args.selector_train_prompts is not None:
+        check_positive("--selector-train-prompts", args.selector_train_prompts)
+    else:
+        args.selector_train_prompts = SELECTOR_TRAIN_PROMPTS[args.objective]
     if args.cfg is not None and not args.cfg >= 1.0:
         raise ValueError(f"--cfg must be >= 1 (1 = no guidance), got {args.cfg}")
     if args.generator == "infinity" and args.resume is None and args.infinity_options is None:

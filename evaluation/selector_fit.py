@@ -1,7 +1,8 @@
 """Fitting the selector (``agents.selector``): labels from training prompts, margin on validation.
 
-Per budget: the candidates are the frontier schedule and the K - 1 next best pool schedules within the
-budget (by validation QUALITY, ``evaluation.frontier_build``). Every candidate is generated on the
+Per budget: the candidates are the frontier schedule and the K - 1 next best schedules of ``pool_quality``
+within the budget (by validation QUALITY, ``evaluation.frontier_build``); ``train_selector`` passes the
+frontier's Pareto entries, so the others are the cheaper frontier schedules, not near-copies of the first. Every candidate is generated on the
 training items (``train`` prompts x seeds, through the static search's ``GridEvaluator`` and cache), so
 each training image has a QUALITY per candidate; the label of candidate c is its gain over the frontier
 schedule on that image. A ridge regression per candidate predicts that gain from the image's
@@ -36,7 +37,7 @@ class SelectorSettings:
     budgets: tuple[float, ...]
     k: int = 8
     train_source: str = "train"
-    train_prompts: int = 150
+    train_prompts: int = 1000
     train_seeds: tuple[int, ...] = (0, 1)
     ridge: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
     margins: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, NEVER)

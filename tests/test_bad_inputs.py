@@ -45,6 +45,7 @@ def redirected_run(tmp_path_factory):
     (["--eval-episodes", "0"], "--eval-episodes must be >= 1, got 0"),
     (["--log-interval", "0"], "--log-interval must be >= 1, got 0"),
     (["--cfg", "0.5"], "--cfg must be >= 1 (1 = no guidance), got 0.5"),
+    (["--selector-train-prompts", "0"], "--selector-train-prompts must be >= 1, got 0"),
     (["--generator", "infinity"], "--generator infinity needs --infinity-options FILE"),
     (["--generator", "infinity", "--infinity-options", "no_such.json"], "no_such.json does not exist"),
 ])
@@ -66,6 +67,12 @@ def test_default_algo_is_the_selector_on_the_embedded_model_and_ppo_elsewhere(tm
         args = ap.parse_args(argv)
         train.check_args(args)
         assert args.algo == want, argv
+
+    # the selector's label prompts: the measured settings per objective, unless given
+    for argv, want in (([], 1000), (["--objective", "iso-quality"], 150), (["--selector-train-prompts", "40"], 40)):
+        args = ap.parse_args(argv)
+        train.check_args(args)
+        assert args.selector_train_prompts == want, argv
 
 
 @pytest.mark.parametrize("argv, named", [
