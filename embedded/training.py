@@ -87,6 +87,18 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def append_curve(ckpt_dir: Path, step: int, seconds: float, **values: float) -> None:
+    """One learning-curve row (step, seconds since this sitting began, the values) appended to
+    CKPT_DIR/curve.tsv: what a projection of later sittings reads (a resumed sitting appends)."""
+    path = Path(ckpt_dir) / "curve.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with open(path, "a") as f:
+        if new:
+            f.write("\t".join(["step", "seconds", *values]) + "\n")
+        f.write("\t".join([str(step), f"{seconds:.1f}", *(f"{v:.5g}" for v in values.values())]) + "\n")
+
+
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB for images in [0, 1]."""
     mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)

@@ -93,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.add_argument(f"--{name}-steps", type=int, default=steps, help="total steps over all sittings")
         ap.add_argument(f"--{name}-batch", type=int, default=batch)
         ap.add_argument(f"--{name}-budget-s", type=float, default=None, help="stop this sitting's training after this many seconds")
+    ap.add_argument("--generator-arch", type=int_tuple, default=None, metavar="WIDTH,DEPTH,HEADS",
+                    help="a smaller generator than the default 192,6,6 (the CPU attempt: 128,4,4)")
     ap.add_argument("--ckpt-every", type=int, default=500, help="steps between torch checkpoints in --work")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -117,6 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             ap.error(f"--{dest.replace('_', '-')} must be > 0 seconds, got {getattr(args, dest)}")
     if args.card_latency_repeats < 0:
         ap.error(f"--card-latency-repeats must be >= 0 (0 skips latency), got {args.card_latency_repeats}")
+    if args.generator_arch is not None and len(args.generator_arch) != 3:
+        ap.error(f"--generator-arch takes WIDTH,DEPTH,HEADS, got {','.join(map(str, args.generator_arch))}")
     args.fresh = tuple(s for s in args.fresh.split(",") if s)
     if bad := [s for s in args.fresh if s not in FRESHABLE]:
         ap.error(f"--fresh {','.join(bad)}: allowed {','.join(FRESHABLE)}")
@@ -372,7 +376,11 @@ def stage_generator(args, state: dict) -> None:
         raise SystemExit(f"the returned generator was trained on tokenizer {trained_on[:12]}..., the tokenizer is "
                          f"now {sha[:12]}... (retrained?): pass --fresh generator to train it from scratch")
     codes = ensure_codes(args, tokenizer, args.device)
-    _train(args, state, "generator", train_generator.main, ["--codes", str(codes), "--tokenizer", str(tokenizer)])
+    arch = []
+    if args.generator_arch is not None:
+        arch = [x for flag, v in zip(("--width", "--depth", "--heads"), args.generator_arch) for x in (flag, str(v))]
+    _train(args, state, "generator", train_generator.main,
+           ["--codes", str(codes), "--tokenizer", str(tokenizer)] + arch)
     state.setdefault("generator", {}).update(tokenizer_sha256=sha, final_loss=read_metadata(args.out / "generator.safetensors").get("final_loss"))
 
 

@@ -34,7 +34,7 @@ from embedded.config import TransformerConfig  # noqa: E402
 from embedded.loaders import GENERATOR_WEIGHTS, TOKENIZER_WEIGHTS, load_tokenizer  # noqa: E402
 from embedded.text import tokenize  # noqa: E402
 from embedded.tokenizer import MultiScaleVQTokenizer  # noqa: E402
-from embedded.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device,  # noqa: E402
+from embedded.training import (add_training_args, append_curve, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device,  # noqa: E402
                                 to_float_images)
 from embedded.transformer import NextScaleTransformer  # noqa: E402
 from generator.weights_io import atomic_write_bytes, npz_bytes, save_module  # noqa: E402
@@ -141,7 +141,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="train from this codes file (--write-codes) instead of encoding every batch")
     ap.add_argument("--write-codes", type=Path, default=None, metavar="FILE",
                     help="encode --pool once with --tokenizer into FILE, then exit (no training)")
+    default = TransformerConfig()
+    ap.add_argument("--width", type=int, default=default.width, help="transformer width (a smaller model: 128)")
+    ap.add_argument("--depth", type=int, default=default.depth, help="transformer blocks")
+    ap.add_argument("--heads", type=int, default=default.num_heads, help="attention heads (must divide --width)")
     args = ap.parse_args(argv)
+    for flag in ("width", "depth", "heads"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.width % args.heads:
+        ap.error(f"--width {args.width} is not divisible by --heads {args.heads}")
     if args.codes is not None and args.pool is not None:
         ap.error(f"--codes {args.codes} and --pool {args.pool}: give one (the codes file holds its pool's captions)")
     if args.codes is not None and not args.codes.is_file():
@@ -163,8 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     tok = load_tokenizer(args.tokenizer).to(device).eval()
     for p in tok.parameters():
         p.requires_grad_(False)
-    cfg = TransformerConfig(codebook_size=tok.cfg.codebook_size, latent_channels=tok.cfg.latent_channels,
-                            scales=tok.cfg.scales)
+    cfg = TransformerConfig(width=args.width, depth=args.depth, num_heads=args.heads, scales=tok.cfg.scales,
+                            codebook_size=tok.cfg.codebook_size, latent_channels=tok.cfg.latent_channels)
     model = NextScaleTransformer(cfg).to(device).train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
@@ -206,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                 last = cfg.scales[-1] ** 2
                 acc_last = (logits[:, -last:].argmax(-1) == target[:, -last:]).float().mean()
             bar.set_postfix(loss=f"{loss.item():.3f}", acc_last=f"{acc_last.item():.3f}")
+            append_curve(args.ckpt_dir, step, time.time() - t0, loss=loss.item(), acc_last=acc_last.item())
         if checkpoint_and_check_time(step, args, t0, lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "config": config}):
             break
     save_module(model, args.out, {"transformer": cfg.to_dict(), "steps": step + 1, "final_loss": loss.item()})

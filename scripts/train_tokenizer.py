@@ -29,7 +29,7 @@ from embedded.config import TokenizerConfig  # noqa: E402
 from domain import sample_batch  # noqa: E402
 from embedded.loaders import TOKENIZER_WEIGHTS  # noqa: E402
 from embedded.tokenizer import MultiScaleVQTokenizer  # noqa: E402
-from embedded.training import (add_training_args, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device, psnr_db,  # noqa: E402
+from embedded.training import (add_training_args, append_curve, checkpoint_and_check_time, init_or_resume, ImagePool, cosine_lr, elapsed_fraction, domain_loader, pick_device, psnr_db,  # noqa: E402
                                 to_float_images)
 from generator.weights_io import save_module  # noqa: E402
 
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         if step % 50 == 0:
             psnr = float(psnr_db((rec.detach() * 0.5 + 0.5).clamp(0, 1), x).mean())
             bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}")
+            append_curve(args.ckpt_dir, step, time.time() - t0, loss=loss.item(), psnr=psnr)
         if checkpoint_and_check_time(step, args, t0, lambda: {"model": tok.state_dict(), "opt": opt.state_dict(), "config": config}):
             break
     psnr = evaluate(tok, device)

@@ -183,6 +183,7 @@ def test_mismatched_returned_files_are_refused(sittings, tmp_path):
     (["--fresh", "clip"], "--fresh clip: allowed tokenizer,generator"),
     (["--scales", "1,2,4,8"], "the last scale (8) must equal the latent size 16"),
     (["--resume-from", "no_such_dir"], "--resume-from no_such_dir: no state.json there"),
+    (["--generator-arch", "128,4"], "--generator-arch takes WIDTH,DEPTH,HEADS, got 128,4"),
     ([], "--out DIR is required"),
 ])
 def test_bad_options_are_argparse_errors_naming_the_value(capsys, tmp_path, argv, message):
@@ -219,6 +220,35 @@ def test_train_generator_refuses_bad_codes_options(sittings, tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="made by another tokenizer"):
         train_generator.CodesPool(codes, torch.device("cpu"), 0, TOKENIZER_WEIGHTS, DEEP)
+
+
+def test_a_smaller_generator_trains_on_the_returned_tokenizer_and_logs_its_curve(sittings, tmp_path):
+    """The CPU attempt's shape (--generator-arch): a narrower, shallower generator, its learning curve in
+    the work folder (what the projection of later sittings reads)."""
+    from embedded.loaders import load_embedded_generator
+
+    carry = tmp_path / "carry"
+    carry.mkdir()
+    for name in ("tokenizer.safetensors", "tokenizer.opt.safetensors", "state.json"):
+        shutil.copy(sittings / "out1" / name, carry / name)
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert gdm.main(TINY + ["--out", str(out), "--work", str(work), "--resume-from", str(carry), "--stages",
+                            "generator", "--generator-steps", "1", "--generator-arch", "64,2,2"]) == 0
+    cfg = read_metadata(out / "generator.safetensors")["transformer"]
+    assert (cfg["width"], cfg["depth"], cfg["num_heads"]) == (64, 2, 2)
+    g = load_embedded_generator(tokenizer_path=out / "tokenizer.safetensors", generator_path=out / "generator.safetensors")
+    assert g.scale_sides == DEEP
+    rows = (work / "ck_generator" / "curve.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["step", "seconds", "loss", "acc_last"] and rows[1].split("\t")[0] == "0"
+    assert float(rows[1].split("\t")[2]) > 0
+
+
+def test_train_generator_refuses_a_width_its_heads_do_not_divide(capsys):
+    from scripts import train_generator
+
+    with pytest.raises(SystemExit) as e:
+        train_generator.parse_args(["--width", "100", "--heads", "6"])
+    assert e.value.code == 2 and "--width 100 is not divisible by --heads 6" in capsys.readouterr().err
 
 
 def test_second_sitting_ran_with_open_clip_from_the_vendored_copy(sittings):
