@@ -36,9 +36,9 @@ from agents.training_envs import build_training_envs
 DEFAULT_OUT = Path("runs")
 DEFAULT_N_ENVS = 16
 DEFAULT_BUDGET_RANGE = (0.2, 0.6)  # the embedded model: forced spend 0.184 .. well above FastVAR's 0.347
-# The selector's label prompts: with 1,000 (2,000 labelled images) it leaves the frontier on a third of the
-# test images at FastVAR's budget and beats the best static schedule there; with 150 it always fell back
-# (docs/controllers.md). The lossless selector was measured with 150.
+# The selector's label prompts: the settings measured on test. With 1,000 (2,000 labelled images) it leaves
+# the frontier on a third of the test images at FastVAR's budget and beats the best static schedule there
+# (docs/controllers.md); the lossless selector was measured with 150.
 SELECTOR_TRAIN_PROMPTS = {"budget": 1000, "iso-quality": 150}
 
 

@@ -2,8 +2,9 @@
 
 Per budget: the candidates are the frontier schedule and the K - 1 next best schedules of ``pool_quality``
 within the budget (by validation QUALITY, ``evaluation.frontier_build``); ``train_selector`` passes the
-frontier's Pareto entries, so the others are the cheaper frontier schedules, not near-copies of the first. Every candidate is generated on the
-training items (``train`` prompts x seeds, through the static search's ``GridEvaluator`` and cache), so
+frontier's Pareto entries, so the others are the cheaper frontier schedules, not near-copies of the first.
+Every candidate is generated on the training items (``train`` prompts x seeds, through the static
+search's ``GridEvaluator`` and cache), so
 each training image has a QUALITY per candidate; the label of candidate c is its gain over the frontier
 schedule on that image. A ridge regression per candidate predicts that gain from the image's
 observation at the first controllable scale. The ridge strength and the fallback margin are chosen on
