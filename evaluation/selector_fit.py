@@ -4,9 +4,8 @@ Per budget: the candidates are the frontier schedule and the K - 1 next best sch
 within the budget (by validation QUALITY, ``evaluation.frontier_build``); ``train_selector`` passes the
 frontier's Pareto entries, so the others are the cheaper frontier schedules, not near-copies of the first.
 Every candidate is generated on the training items (``train`` prompts x seeds, through the static
-search's ``GridEvaluator`` and cache), so
-each training image has a QUALITY per candidate; the label of candidate c is its gain over the frontier
-schedule on that image. A ridge regression per candidate predicts that gain from the image's
+search's ``GridEvaluator`` and cache), so each training image has a QUALITY per candidate; the label of
+candidate c is its gain over the frontier schedule on that image. A ridge regression per candidate predicts that gain from the image's
 observation at the first controllable scale. The ridge strength and the fallback margin are chosen on
 the validation items (the frontier's own) by the realised mean gain there, "never deviate" (gain 0)
 among the choices: a selector that does not help on validation falls back to the frontier everywhere.
