@@ -362,7 +362,7 @@ def search_frontier(env_cfg, settings):
 
     g, _, reward_fn = run_models(env_cfg)
     first = env_cfg.first_controllable(g.num_scales)
-    return obtain_frontier("auto", g, reward_fn, first, settings, print)[0]
+    return obtain_frontier("auto", g, reward_fn, first, settings, print)
 
 
 def train_selector_run(args) -> int:

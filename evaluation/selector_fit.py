@@ -1,16 +1,16 @@
 """Fitting the selector (``agents.selector``): labels from training prompts, margin on validation.
 
-Per budget: the candidates are the frontier schedule and the K - 1 next best schedules of ``pool_quality``
-within the budget (by validation QUALITY, ``evaluation.frontier_build``); ``train_selector`` passes the
-frontier's Pareto entries, so the others are the cheaper frontier schedules, not near-copies of the first.
-Every candidate is generated on the training items (``train`` prompts x seeds, through the static
-search's ``GridEvaluator`` and cache), so each training image has a QUALITY per candidate; the label of
-candidate c is its gain over the frontier schedule on that image. A ridge regression per candidate predicts that gain from the image's
-observation at the first controllable scale. The ridge strength and the fallback margin are chosen on
-the validation items (the frontier's own) by the realised mean gain there, "never deviate" (gain 0)
-among the choices: a selector that does not help on validation falls back to the frontier everywhere.
-Ridge on the gains is a regret surrogate: the chosen candidate's realised loss against the best one is
-what the validation choice measures. Nothing here reads the judge.
+Per budget: the candidates are the frontier schedule and the K - 1 next best frontier (Pareto) schedules
+within the budget (by validation QUALITY, ``evaluation.frontier_build``): the cheaper frontier schedules,
+not the whole search pool's near-copies of the first (docs/controllers.md, "The three learners"). Every
+candidate is generated on the training items (``train`` prompts x seeds, through the static search's
+``GridEvaluator`` and cache), so each training image has a QUALITY per candidate; the label of candidate
+c is its gain over the frontier schedule on that image. A ridge regression per candidate predicts that
+gain from the image's observation at the first controllable scale. The ridge strength and the fallback
+margin are chosen on the validation items (the frontier's own) by the realised mean gain there, "never
+deviate" (gain 0) among the choices: a selector that does not help on validation falls back to the
+frontier everywhere. Ridge on the gains is a regret surrogate: the chosen candidate's realised loss
+against the best one is what the validation choice measures. Nothing here reads the judge.
 """
 
 from __future__ import annotations
@@ -87,15 +87,15 @@ def realised_gain(sel: BudgetSelector, X: np.ndarray, gains: np.ndarray, margin:
     return float(g.mean()), float((idx != 0).mean()), lower
 
 
-def candidates_for(frontier, pool_quality: dict, transformer: Callable, budget: float, k: int) -> list:
-    """The frontier schedule for ``budget`` first, then the next best pool schedules within it."""
+def candidates_for(frontier, transformer: Callable, budget: float, k: int) -> list:
+    """The frontier schedule for ``budget`` first, then the next best frontier schedules within it."""
     base = frontier.schedule_for(budget)
-    others = sorted((s for s in pool_quality if s != base and transformer(s) <= budget + 1e-9),
-                    key=lambda s: -pool_quality[s])
+    quality = {e.schedule: e.val_quality for e in frontier.entries}
+    others = sorted((s for s in quality if s != base and transformer(s) <= budget + 1e-9), key=lambda s: -quality[s])
     return [base] + others[:k - 1]
 
 
-def fit_selectors(generator, reward_fn, observer, frontier, pool_quality: dict, val_items: list, train_items: list,
+def fit_selectors(generator, reward_fn, observer, frontier, val_items: list, train_items: list,
                   settings: SelectorSettings, log: Callable[[str], None] = print) -> tuple[list[BudgetSelector], dict]:
     """One ``BudgetSelector`` per budget (module docstring) and a report of the fit."""
     from evaluation.grid_evaluation import items_quality
@@ -105,7 +105,7 @@ def fit_selectors(generator, reward_fn, observer, frontier, pool_quality: dict, 
     t0 = time.time()
     flops = FlopsTable(generator)
     first = frontier.first_controllable
-    cands = {b: candidates_for(frontier, pool_quality, flops.transformer, b, settings.k) for b in settings.budgets}
+    cands = {b: candidates_for(frontier, flops.transformer, b, settings.k) for b in settings.budgets}
     wanted = list(dict.fromkeys(s for c in cands.values() for s in c))
     per_item = {name: items_quality(generator, reward_fn, items, wanted, settings.batch_size, settings.cache_dir,
                                     f"selector candidates on the {name} items")

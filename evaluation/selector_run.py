@@ -52,19 +52,18 @@ def run_models(env_cfg):
 
 def obtain_frontier(source: str, generator, reward_fn, first: int, settings, log: Callable[[str], None]):
     """``source``: 'auto' (build it with ``settings``, an ``evaluation.frontier_build.FrontierSettings``,
-    sharing the static search's cache) or a frontier.json path. Returns (frontier, {schedule: validation
-    quality} of its pool, or of its entries when read)."""
+    sharing the static search's cache) or a frontier.json path: the frontier either way."""
     from envs.frontier import Frontier
     from evaluation.frontier_build import build_frontier
 
     if source == "auto":
-        return build_frontier(generator, reward_fn, first, settings, log=log)
+        return build_frontier(generator, reward_fn, first, settings, log=log)[0]
     frontier = Frontier.load(source)
     frontier.check_generator(generator)
     if frontier.first_controllable != first:
         raise ValueError(f"frontier {source} controls scales from {frontier.first_controllable}, this run from {first}")
     log(f"frontier: read {source} ({len(frontier.entries)} schedules)")
-    return frontier, {e.schedule: e.val_quality for e in frontier.entries}
+    return frontier
 
 
 def _setting_json(settings) -> dict:
@@ -91,14 +90,14 @@ def _prepare(run: Path, env_cfg, train_source: str, train_prompts: int, train_se
     search_fn = reward_fn
     if reward_fn.config.objective != "budget":
         search_fn = RewardFunction(reward_fn.config.budget_quality(), clip=reward_fn.clip, lpips=reward_fn.lpips)
-    frontier, pool = obtain_frontier(frontier_source, generator, search_fn, first, frontier_settings, log)
+    frontier = obtain_frontier(frontier_source, generator, search_fn, first, frontier_settings, log)
     t_frontier = time.time() - t0
     run.mkdir(parents=True, exist_ok=False)
     frontier.save(run / "frontier.json", tuple(generator.scale_widths))
     observer = ObservationBuilder(generator, first, env_cfg.prompt_embedding_dim, clip, budget_conditioned=False)
     train = check_items(load_prompts(train_source)[:train_prompts], list(train_seeds), f"--train-prompts {train_source}",
                         grammar)
-    return generator, reward_fn, frontier, pool, t_frontier, observer, train, val_items(frontier_settings, grammar)
+    return generator, reward_fn, frontier, t_frontier, observer, train, val_items(frontier_settings, grammar)
 
 
 def _write_run(run: Path, env_cfg, generator, observer, command: list[str], settings, extra_layout: dict) -> None:
@@ -132,16 +131,11 @@ def train_selector(run: Path, env_cfg, settings, frontier_source: str, frontier_
     from evaluation.selector_fit import fit_selectors
 
     t0 = time.time()
-    generator, reward_fn, frontier, pool, t_frontier, observer, train, val = _prepare(
+    generator, reward_fn, frontier, t_frontier, observer, train, val = _prepare(
         run, env_cfg, settings.train_source, settings.train_prompts, settings.train_seeds, frontier_source,
         frontier_settings, log, check=lambda g: replace(settings, budgets=selector_budgets(g, budget_tokens)).check())
     settings = replace(settings, budgets=selector_budgets(generator, budget_tokens))
-    # Candidates come from the frontier's Pareto entries, whether the frontier was searched now or read from
-    # a file: the whole pool's next best schedules within a budget are near-copies of the frontier schedule
-    # (validation per-image oracle at FastVAR's budget +0.035), the cheaper Pareto entries differ in kind
-    # (+0.087), and only with those did the fit leave the frontier (docs/controllers.md).
-    entries = {e.schedule: e.val_quality for e in frontier.entries}
-    selectors, report = fit_selectors(generator, reward_fn, observer, frontier, entries, val, train, settings, log)
+    selectors, report = fit_selectors(generator, reward_fn, observer, frontier, val, train, settings, log)
     budgets = sorted(s.budget for s in selectors)
     env_cfg.budget_range = (budgets[0], budgets[-1])
     _write_run(run, env_cfg, generator, observer, command, settings, {})
@@ -158,7 +152,7 @@ def train_lossless_selector(run: Path, env_cfg, settings, frontier_source: str, 
 
     settings.check()
     t0 = time.time()
-    generator, reward_fn, frontier, _, t_frontier, observer, train, val = _prepare(
+    generator, reward_fn, frontier, t_frontier, observer, train, val = _prepare(
         run, env_cfg, settings.train_source, settings.train_prompts, settings.train_seeds, frontier_source,
         frontier_settings, log)
     sel, report = fit_lossless(generator, reward_fn, observer, frontier, val, train, settings,
